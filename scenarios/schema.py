@@ -1,0 +1,225 @@
+"""The scenario file: what the serving node, the workload, the network paths, the readers and the
+fault timeline look like. Validated by pydantic; unknown keys are rejected so a typo never
+silently falls back to a default. The simulator and live mode read the same models.
+
+Units are in the key names. Rates on the wire are megabits per second (``rate_mbps``), token
+rates are tokens per second (``_tps``), times are seconds unless named ``_ms``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scenarios.dists import Dist
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- serving node
+class ServerSpec(_Model):
+    """Seed 002's serving node: step time d0 + d1 * batch_tokens, token budget B, KV memory M_total."""
+
+    d0_s: float = Field(0.02, gt=0, description="fixed cost of one decode step (s)")
+    d1_s: float = Field(2e-5, ge=0, description="cost per batch token (s); prefill tokens count too")
+    batch_tokens: int = Field(2048, gt=0, description="B: token budget of one step (decodes + prefills)")
+    kv_tokens: int = Field(200_000, gt=0, description="M_total: KV memory in tokens (prompt + generated per stream)")
+    max_running: int | None = Field(256, gt=0, description="most streams holding KV at once (vLLM max_num_seqs)")
+    victim_policy: Literal["LIFO", "FIFO", "random"] = "LIFO"
+    queue_policy: Literal["FCFS"] = "FCFS"
+
+
+# --------------------------------------------------------------------------- workload and readers
+class Poisson(_Model):
+    kind: Literal["poisson"]
+    rate_per_s: float = Field(gt=0)
+
+
+class Periodic(_Model):
+    kind: Literal["periodic"]
+    rate_per_s: float = Field(gt=0)
+
+
+class Bursty(_Model):
+    """On/off Poisson: rate_on_per_s during on_s, nothing during off_s (seed 002's bursty scenario)."""
+
+    kind: Literal["bursty"]
+    rate_on_per_s: float = Field(gt=0)
+    on_s: float = Field(gt=0)
+    off_s: float = Field(ge=0)
+
+
+class RequestCsv(_Model):
+    """Seed 002's requests.csv (arrival_time, prefill_length, decode_length); path relative to the scenario."""
+
+    kind: Literal["csv"]
+    file: str
+
+
+Arrivals = Annotated[Poisson | Periodic | Bursty | RequestCsv, Field(discriminator="kind")]
+
+
+class WorkloadSpec(_Model):
+    arrivals: Arrivals
+    streams: int = Field(gt=0, description="number of requests (arrivals stop after this many)")
+    prompt_tokens: Dist = Field(default_factory=lambda: {"dist": "uniform", "low": 100, "high": 600})  # type: ignore[assignment]
+    output_tokens: Dist = Field(default_factory=lambda: {"dist": "lognormal", "median": 250, "sigma": 0.5, "min": 20, "max": 1500})  # type: ignore[assignment]
+    bytes_per_token: int = Field(
+        200, gt=0, description="SSE bytes per token: an OpenAI-style `data: {...chat.completion.chunk...}` event"
+    )
+    paths: dict[str, float] | None = Field(None, description="path name -> weight; default: equal weights")
+
+
+class ClientSpec(_Model):
+    """The people reading: their pace and how long they wait before giving up."""
+
+    reading_tps: Dist = Field(default_factory=lambda: {"dist": "uniform", "low": 8, "high": 20})  # type: ignore[assignment]
+    patience_s: Dist = Field(default_factory=lambda: {"dist": "constant", "value": 10.0})  # type: ignore[assignment]
+    first_token_patience_s: Dist | None = Field(None, description="patience for the first token; default patience_s")
+    ttft_expected_s: float = Field(1.0, ge=0, description="TTFT the reader expects (Andes QoE)")
+
+
+# --------------------------------------------------------------------------- network
+class Bernoulli(_Model):
+    kind: Literal["bernoulli"]
+    p: float = Field(ge=0, le=1)
+
+
+class GilbertElliott(_Model):
+    """netem's gemodel: p = P(good->bad), r = P(bad->good), loss_bad = 1-h, loss_good = 1-k (per packet)."""
+
+    kind: Literal["gilbert_elliott"]
+    p: float = Field(ge=0, le=1)
+    r: float = Field(gt=0, le=1)
+    loss_bad: float = Field(1.0, ge=0, le=1)
+    loss_good: float = Field(0.0, ge=0, le=1)
+
+
+Loss = Annotated[Bernoulli | GilbertElliott, Field(discriminator="kind")]
+
+
+class RatePoint(_Model):
+    at_s: float = Field(ge=0)
+    rate_mbps: float = Field(ge=0)
+
+
+class CrossTraffic(_Model):
+    """Bulk TCP flows sharing the path's bottleneck (downloads competing with the stream)."""
+
+    flows: int = Field(1, ge=1)
+    start_s: float = Field(0.0, ge=0)
+    stop_s: float | None = Field(None, gt=0)
+    cc: Literal["reno", "cubic"] = "cubic"
+
+
+class PathSpec(_Model):
+    """One bottleneck between the server and a group of clients. Give exactly one of
+    rate_mbps, rate_schedule or trace."""
+
+    rate_mbps: float | None = Field(None, gt=0)
+    rate_schedule: list[RatePoint] | None = Field(None, min_length=1)
+    trace: str | None = Field(None, description="Mahimahi trace file, relative to the scenario file (or a built-in name)")
+    rtt_ms: float = Field(40.0, gt=0, description="base round-trip propagation delay")
+    queue_bytes: int | None = Field(None, gt=0, description="drop-tail bottleneck buffer; default one BDP, at least 64 KB")
+    loss: Loss | None = None
+    cc: Literal["reno", "cubic"] = "cubic"
+    mss_bytes: int = Field(1448, ge=88, le=65_000)
+    init_cwnd_pkts: int = Field(10, ge=1)
+    cross_traffic: CrossTraffic | None = None
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> PathSpec:
+        given = [k for k in ("rate_mbps", "rate_schedule", "trace") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of rate_mbps, rate_schedule, trace (got {given or 'none'})")
+        return self
+
+
+# --------------------------------------------------------------------------- faults
+class _Fault(_Model):
+    at_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+    path: str | None = Field(None, description="path name; unset = every path")
+
+    @property
+    def end_s(self) -> float:
+        return self.at_s + self.duration_s
+
+
+class DelayFault(_Fault):
+    kind: Literal["delay"]
+    delay_ms: float = Field(gt=0, description="added one-way delay on the downlink")
+    jitter_ms: float = Field(0.0, ge=0, description="live (netem) only; the simulator keeps delay constant")
+
+
+class LossFault(_Fault):
+    kind: Literal["loss"]
+    p: float = Field(gt=0, le=1)
+
+
+class GilbertElliottFault(_Fault):
+    kind: Literal["gilbert_elliott"]
+    p: float = Field(ge=0, le=1)
+    r: float = Field(gt=0, le=1)
+    loss_bad: float = Field(1.0, ge=0, le=1)
+    loss_good: float = Field(0.0, ge=0, le=1)
+
+
+class RateFault(_Fault):
+    kind: Literal["rate"]
+    factor: float | None = Field(None, gt=0)
+    rate_mbps: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> RateFault:
+        if (self.factor is None) == (self.rate_mbps is None):
+            raise ValueError("give exactly one of factor, rate_mbps")
+        return self
+
+
+class OutageFault(_Fault):
+    kind: Literal["outage"]
+
+
+Fault = Annotated[
+    DelayFault | LossFault | GilbertElliottFault | RateFault | OutageFault, Field(discriminator="kind")
+]
+
+
+# --------------------------------------------------------------------------- the scenario
+class SloSpec(_Model):
+    qoe: float = Field(0.9, ge=0, le=1, description="a stream meets the SLO when its QoE is at least this")
+
+
+class Scenario(_Model):
+    name: str
+    description: str = ""
+    seed: int = 1
+    control_interval_s: float = Field(0.1, gt=0)
+    max_duration_s: float = Field(600.0, gt=0, description="hard stop of the run (simulated seconds)")
+    server: ServerSpec = ServerSpec()
+    workload: WorkloadSpec
+    clients: ClientSpec = ClientSpec()
+    paths: dict[str, PathSpec] = Field(min_length=1)
+    faults: list[Fault] = Field(default_factory=list)
+    controllers: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"unpaced": {}, "fixed": {}},
+        description="controller name -> its parameters (validated by the controller)",
+    )
+    slo: SloSpec = SloSpec()
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        for i, f in enumerate(self.faults):
+            if f.path is not None and f.path not in self.paths:
+                raise ValueError(f"faults.{i}.path: unknown path {f.path!r} (paths: {', '.join(self.paths)})")
+        for name in self.workload.paths or {}:
+            if name not in self.paths:
+                raise ValueError(f"workload.paths: unknown path {name!r} (paths: {', '.join(self.paths)})")
+        return self
+
+    def faults_for(self, path: str) -> list[Any]:
+        return [f for f in self.faults if f.path is None or f.path == path]
