@@ -4,7 +4,7 @@ Importing the package registers every built-in controller in ``REGISTRY``.
 """
 
 from controllers import fixed, unpaced  # noqa: F401  (registration side effect)
-from controllers.base import UNPACED, Controller, Decision, Observation, Params
+from controllers.base import UNPACED, Controller, Decision, Observation, OracleView, Params
 from controllers.reader import ReaderEstimate
 from controllers.registry import REGISTRY, ControllerInfo, UnknownController, display_info, get, make, validate_params
 
@@ -15,6 +15,7 @@ __all__ = [
     "ControllerInfo",
     "Decision",
     "Observation",
+    "OracleView",
     "Params",
     "ReaderEstimate",
     "UnknownController",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,6 +53,7 @@ class Controller(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
+    needs_oracle: ClassVar[bool] = False  # the simulator calls attach_oracle() before the first decide()
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -64,6 +65,34 @@ class Controller(ABC):
     def reset(self) -> None:  # noqa: B027 - stateless controllers need nothing
         """Forget all state (a new stream starts)."""
 
+    def attach_oracle(self, view: OracleView) -> None:  # noqa: B027 - only the oracle uses it
+        """Receive the simulator's knowledge of the future (only when ``needs_oracle``)."""
+
     @classmethod
     def from_dict(cls, params: dict[str, Any] | None) -> Controller:
         return cls(cls.Params.model_validate(params or {}))
+
+
+class OracleView(Protocol):
+    """What a simulator can tell a controller about the future (the ``oracle`` only).
+
+    Live mode has no such view; a controller that needs one is registered ``sim_only``.
+    """
+
+    reading_tps: float  # this stream's reader, exactly
+    patience_s: float
+    output_tokens: int
+    bytes_per_token: int
+    base_rtt_s: float
+
+    def capacity_bps(self, t0_s: float, t1_s: float) -> float:
+        """Mean capacity of the stream's bottleneck over [t0_s, t1_s] (0 during outages)."""
+        ...
+
+    def loss_rate(self, t_s: float) -> float:
+        """Long-run packet loss probability of the bottleneck's loss model active at t_s."""
+        ...
+
+    def streams_on_path(self, t_s: float) -> int:
+        """Streams of this run generating on the same bottleneck at t_s (known to the sim)."""
+        ...

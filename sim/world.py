@@ -1,0 +1,133 @@
+"""One run of one controller over one scenario: build the world, run it, record it.
+
+The world is a serving node, one bottleneck per network path, and a stream per request; a
+single control process visits every generating stream once per control interval, asks its
+controller for a rate and records the observation. Everything is written to the results
+layout of DESIGN.md as it happens (a stream's rows shortly after it ends).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+import controllers
+from scenarios import LoadedScenario
+from sim.network import PathRuntime, build_path
+from sim.node import ServingNode
+from sim.oracle import PathKnowledge, SimOracleView, capacity_grid_bps
+from sim.record import Recorder
+from sim.stream import SimStream
+from sim.workload import RNG_LOSS_BASE, RNG_VICTIM, Request, rng_for
+
+FINALIZE_GRACE_S = 5.0  # a stream's rows are written this long after it ends (late ACKs fill t_acked)
+ACK_DRAIN_S = 2.0  # after the last reader finishes, the last ACKs are still on their way back
+
+
+@dataclass(frozen=True)
+class RunStats:
+    controller: str
+    sim_end_s: float
+    wall_s: float
+    events: int  # SimPy events scheduled
+    streams: int
+
+
+def run_controller(loaded: LoadedScenario, requests: list[Request], name: str, params: dict[str, Any] | None,
+                   out_dir: Path, seed: int, progress: Callable[[float], None] | None = None) -> RunStats:
+    """Simulate the scenario with controller ``name`` and write DIR/<name>/*.csv."""
+    scn = loaded.scenario
+    wall0 = time.perf_counter()
+    env = simpy.Environment()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Recorder(out_dir, scn.clients.ttft_expected_s, scn.server.kv_tokens) as rec:
+        node = ServingNode(env, scn.server, rng_for(seed, RNG_VICTIM), rec)
+        paths: dict[str, PathRuntime] = {
+            pname: build_path(env, pname, spec, scn.faults_for(pname), loaded.base_dir, rng_for(seed, RNG_LOSS_BASE + i))
+            for i, (pname, spec) in enumerate(scn.paths.items())
+        }
+        knowledge = {
+            pname: PathKnowledge(spec, scn.faults_for(pname), capacity_grid_bps(spec, scn.faults_for(pname),
+                                                                               loaded.base_dir, scn.max_duration_s))
+            for pname, spec in scn.paths.items()
+        } if controllers.get(name).cls.needs_oracle else {}
+        stop = env.event()
+        active: list[SimStream] = []
+        all_streams: list[SimStream] = []
+        remaining = [len(requests)]
+        bpt = scn.workload.bytes_per_token
+
+        def finalize(stream: SimStream) -> None:
+            rec.stream(stream)
+
+        def on_end(stream: SimStream) -> None:
+            env.timeout(FINALIZE_GRACE_S).callbacks.append(lambda _e: finalize(stream))
+            remaining[0] -= 1
+            if remaining[0] == 0 and not stop.triggered:
+                stop.succeed()
+
+        def arrivals():  # type: ignore[no-untyped-def]
+            for req in requests:
+                if req.arrival_s > env.now:
+                    yield env.timeout(req.arrival_s - env.now)
+                controller = controllers.make(name, params)
+                if controller.needs_oracle:
+                    controller.attach_oracle(SimOracleView(req, knowledge[req.path], bpt))
+                s = SimStream(req, bpt, node, paths[req.path], controller, on_end)
+                active.append(s)
+                all_streams.append(s)
+
+        def control_loop():  # type: ignore[no-untyped-def]
+            interval = scn.control_interval_s
+            tick = 0
+            while True:
+                now = env.now
+                keep = []
+                for k in knowledge.values():
+                    k.generating = 0
+                for s in active:
+                    if knowledge and s.generating:
+                        knowledge[s.req.path].generating += 1
+                for s in active:
+                    if s.generating:
+                        obs = s.control(now)
+                        rec.telemetry(obs, s.rate_tps)
+                        keep.append(s)
+                active[:] = keep
+                for p in paths.values():
+                    rec.link(now, p.name, p.capacity.rate_bps_at(now), p.link.backlog_bytes())
+                tick += 1
+                if progress is not None and tick % 10 == 0:
+                    progress(now)
+                yield env.timeout(interval)
+
+        def deadline():  # type: ignore[no-untyped-def]
+            yield env.timeout(scn.max_duration_s)
+            if not stop.triggered:
+                stop.succeed()
+
+        env.process(arrivals())
+        env.process(control_loop())
+        env.process(deadline())
+        if requests:
+            env.run(until=stop)
+        end_s = env.now
+        if end_s < scn.max_duration_s:
+            env.run(until=end_s + ACK_DRAIN_S)
+        for s in all_streams:  # streams cut off by max_duration_s, and those still in their grace period
+            if not s.ended:
+                s.reader.cut(end_s)
+        rec.flush_streams(all_streams)
+        rec.request_traces(node.all_seqs)
+        events = next(env._eid)  # noqa: SLF001 - SimPy keeps the event count only here
+    return RunStats(name, end_s, time.perf_counter() - wall0, events, len(requests))
+
+
+def nan_to_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
