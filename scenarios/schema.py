@@ -16,7 +16,7 @@ from scenarios.dists import Dist
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 # --------------------------------------------------------------------------- serving node

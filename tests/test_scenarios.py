@@ -116,3 +116,14 @@ def test_workload_is_common_random_numbers():
     gaps = np.diff([r.arrival_s for r in a])
     assert np.mean(gaps) == pytest.approx(1 / 2.5, rel=0.2)
     assert {r.path for r in a} == {"wifi", "wired"}
+
+
+def test_defaults_are_validated_models():
+    from scenarios import parse_scenario
+
+    scn = parse_scenario(_base(), "t.yaml")
+    # defaults written as dicts must come out as distributions that can be sampled
+    rng = np.random.default_rng(0)
+    assert scn.clients.reading_tps.sample(rng, 3).shape == (3,)
+    assert scn.clients.patience_s.sample(rng, 2).tolist() == [10.0, 10.0]
+    assert 100 <= scn.workload.prompt_tokens.sample(rng, 1)[0] <= 600
