@@ -63,41 +63,19 @@ def find_scenario(name_or_path: str | Path) -> Path:
     raise ScenarioError(p, "", f"no such file, and not a built-in scenario ({known})")
 
 
-def _key(loc: tuple[Any, ...]) -> str:
-    # pydantic puts the union tag in the location (faults.0.rate.factor); drop tag names that are
-    # not keys in the file so the path matches what the user wrote.
-    return ".".join(str(x) for x in loc)
-
-
-def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
-    out: list[Any] = []
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> str:
+    """The key path as written in the file: pydantic adds union tags (``faults.0.rate.factor``,
+    ``...output_tokens.uniform.high``) and validator wrappers that are not keys; drop those."""
+    out: list[str] = []
     cur = data
     for part in loc:
-        if isinstance(cur, dict) and part in cur:
-            out.append(part)
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
-            out.append(part)
-            cur = cur[part]
-        elif isinstance(cur, dict) or isinstance(cur, list):
-            # a union tag or a missing key: keep missing keys (they are what the user must add)
-            if isinstance(part, str) and not (isinstance(cur, dict) and part in cur) and _is_tag(part, cur):
-                continue
-            out.append(part)
-            cur = None
-        else:
-            out.append(part)
-            cur = None
-    return tuple(out)
-
-
-def _is_tag(part: str, cur: Any) -> bool:
-    if not isinstance(cur, dict):
-        return False
-    return any(cur.get(tag) == part for tag in ("kind", "dist")) or part in {
-        "constant", "uniform", "normal", "lognormal", "exponential", "choice",
-        "function-before[_coerce(), tagged-union[Constant,Uniform,Normal,LogNormal,Exponential,Choice]]",
-    }
+        is_tag = isinstance(cur, dict) and part not in cur and part in (cur.get("kind"), cur.get("dist"))
+        if is_tag or (isinstance(part, str) and part.startswith("function-")):
+            continue
+        out.append(str(part))
+        in_list = isinstance(cur, list) and isinstance(part, int) and part < len(cur)
+        cur = cur[part] if (isinstance(cur, dict) and part in cur) or in_list else None
+    return ".".join(out)
 
 
 def parse_scenario(data: Any, file: str | Path = "<scenario>") -> Scenario:
@@ -107,19 +85,18 @@ def parse_scenario(data: Any, file: str | Path = "<scenario>") -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = _clean_loc(tuple(err["loc"]), data)
+        key = _clean_loc(tuple(err["loc"]), data)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-            # model-level validators report their own key path inside the message
-            if ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum() and "." in msg.split(": ", 1)[0]:
-                key, msg = msg.split(": ", 1)
-                more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-                raise ScenarioError(file, key, msg + more) from None
+            msg = msg.removeprefix("Value error, ")
+            # cross-field checks on the whole scenario name their key path in the message: "faults.0.path: ..."
+            head, sep, rest = msg.partition(": ")
+            if sep and "." in head and " " not in head:
+                key, msg = head, rest
         more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-        raise ScenarioError(file, _key(loc), msg + more) from None
+        raise ScenarioError(file, key, msg + more) from None
 
 
 def load_scenario(name_or_path: str | Path) -> LoadedScenario:

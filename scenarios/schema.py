@@ -66,7 +66,9 @@ class WorkloadSpec(_Model):
     arrivals: Arrivals
     streams: int = Field(gt=0, description="number of requests (arrivals stop after this many)")
     prompt_tokens: Dist = Field(default_factory=lambda: {"dist": "uniform", "low": 100, "high": 600})  # type: ignore[assignment]
-    output_tokens: Dist = Field(default_factory=lambda: {"dist": "lognormal", "median": 250, "sigma": 0.5, "min": 20, "max": 1500})  # type: ignore[assignment]
+    output_tokens: Dist = Field(  # type: ignore[assignment]
+        default_factory=lambda: {"dist": "lognormal", "median": 250, "sigma": 0.5, "min": 20, "max": 1500}
+    )
     bytes_per_token: int = Field(
         200, gt=0, description="SSE bytes per token: an OpenAI-style `data: {...chat.completion.chunk...}` event"
     )
@@ -121,9 +123,13 @@ class PathSpec(_Model):
 
     rate_mbps: float | None = Field(None, gt=0)
     rate_schedule: list[RatePoint] | None = Field(None, min_length=1)
-    trace: str | None = Field(None, description="Mahimahi trace file, relative to the scenario file (or a built-in name)")
+    trace: str | None = Field(
+        None, description="Mahimahi trace file, relative to the scenario file (or a built-in name)"
+    )
     rtt_ms: float = Field(40.0, gt=0, description="base round-trip propagation delay")
-    queue_bytes: int | None = Field(None, gt=0, description="drop-tail bottleneck buffer; default one BDP, at least 64 KB")
+    queue_bytes: int | None = Field(
+        None, gt=0, description="drop-tail bottleneck buffer; default one BDP, at least 64 KB"
+    )
     loss: Loss | None = None
     cc: Literal["reno", "cubic"] = "cubic"
     mss_bytes: int = Field(1448, ge=88, le=65_000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import simpy
@@ -26,7 +28,16 @@ class Log:
         self.memory_log.append((kind, req_id, before, after))
 
 
-def make(spec: ServerSpec, arrivals: list[tuple[str, float, int, int]]):
+@dataclass
+class World:
+    env: simpy.Environment
+    node: ServingNode
+    log: Log
+    tokens: dict[str, list[float]]
+    seqs: dict[str, Sequence]
+
+
+def make(spec: ServerSpec, arrivals: list[tuple[str, float, int, int]]) -> World:
     env = simpy.Environment()
     log = Log()
     node = ServingNode(env, spec, np.random.default_rng(0), log)
@@ -41,7 +52,7 @@ def make(spec: ServerSpec, arrivals: list[tuple[str, float, int, int]]):
 
     for a in arrivals:
         env.process(arrive(*a))
-    return env, node, log, tokens, seqs
+    return World(env, node, log, tokens, seqs)
 
 
 def test_hand_computed_steps():
@@ -51,7 +62,8 @@ def test_hand_computed_steps():
     # t=0.20  A decode 1 + B prefill 5 = 6      -> 0.16, ends 0.36: A token 1, B token 0
     # t=0.36  A decode + B decode = 2           -> 0.12, ends 0.48: A token 2 (done), B token 1 (done)
     spec = ServerSpec(d0_s=0.1, d1_s=0.01, batch_tokens=100, kv_tokens=1000, max_running=10)
-    env, node, log, tokens, _ = make(spec, [("A", 0.0, 10, 3), ("B", 0.05, 5, 2)])
+    w = make(spec, [("A", 0.0, 10, 3), ("B", 0.05, 5, 2)])
+    env, node, log, tokens = w.env, w.node, w.log, w.tokens
     env.run(until=5)
     assert log.steps == [(0.2, 1, 10, 0.2), (0.36, 2, 6, 0.16), (0.48, 2, 2, 0.12)]
     assert tokens == {"A": [0.2, 0.36, 0.48], "B": [0.36, 0.48]}
@@ -62,7 +74,8 @@ def test_hand_computed_steps():
 def test_budget_limits_prefill():
     # B = 8: A's prefill (6) fits; B's (5) must wait for the next step, where A's decode (1) + 5 = 6 fit.
     spec = ServerSpec(d0_s=0.1, d1_s=0.0, batch_tokens=8, kv_tokens=1000, max_running=10)
-    env, node, log, tokens, _ = make(spec, [("A", 0.0, 6, 3), ("B", 0.0, 5, 1)])
+    w = make(spec, [("A", 0.0, 6, 3), ("B", 0.0, 5, 1)])
+    env, log, tokens = w.env, w.log, w.tokens
     env.run(until=5)
     assert [s[2] for s in log.steps] == [6, 6, 1]
     assert tokens["B"] == [pytest.approx(0.2)]
@@ -71,7 +84,8 @@ def test_budget_limits_prefill():
 def test_preemption_swaps_lifo_victim_and_swaps_back():
     # Memory 30 tokens: A (10+...) and B (10+...) run; growth forces a swap-out of the last to enter (B).
     spec = ServerSpec(d0_s=0.01, d1_s=0.0, batch_tokens=100, kv_tokens=30, max_running=10, victim_policy="LIFO")
-    env, node, log, tokens, seqs = make(spec, [("A", 0.0, 10, 8), ("B", 0.0, 10, 8)])
+    w = make(spec, [("A", 0.0, 10, 8), ("B", 0.0, 10, 8)])
+    env, log, tokens, seqs = w.env, w.log, w.tokens, w.seqs
     env.run(until=10)
     kinds = [(k, r) for _, k, r in log.events if k in ("swap_out", "swap_in")]
     assert kinds[0] == ("swap_out", "B")
@@ -85,7 +99,8 @@ def test_preemption_swaps_lifo_victim_and_swaps_back():
 def test_paced_stream_skips_steps_but_keeps_memory():
     # A paced at 2 tok/s next to an unpaced B: steps every 0.1 s, A generates every 5th step.
     spec = ServerSpec(d0_s=0.1, d1_s=0.0, batch_tokens=100, kv_tokens=1000, max_running=10)
-    env, node, log, tokens, seqs = make(spec, [("A", 0.0, 10, 4), ("B", 0.0, 10, 30)])
+    w = make(spec, [("A", 0.0, 10, 4), ("B", 0.0, 10, 30)])
+    env, tokens, seqs = w.env, w.tokens, w.seqs
     env.run(until=0.05)
     seqs["A"].set_rate(env.now, 2.0)
     env.run(until=10)
@@ -96,7 +111,8 @@ def test_paced_stream_skips_steps_but_keeps_memory():
 
 def test_paused_node_idles_until_rate_rises():
     spec = ServerSpec(d0_s=0.1, d1_s=0.0, batch_tokens=100, kv_tokens=1000, max_running=10)
-    env, node, log, tokens, seqs = make(spec, [("A", 0.0, 10, 3)])
+    w = make(spec, [("A", 0.0, 10, 3)])
+    env, node, tokens, seqs = w.env, w.node, w.tokens, w.seqs
     env.run(until=0.05)
     seqs["A"].set_rate(env.now, 0.0)
     env.run(until=3.0)
@@ -110,7 +126,8 @@ def test_paused_node_idles_until_rate_rises():
 
 def test_cancel_takes_effect_within_one_step():
     spec = ServerSpec(d0_s=0.1, d1_s=0.0, batch_tokens=100, kv_tokens=1000, max_running=10)
-    env, node, log, tokens, seqs = make(spec, [("A", 0.0, 10, 100)])
+    w = make(spec, [("A", 0.0, 10, 100)])
+    env, node, tokens, seqs = w.env, w.node, w.tokens, w.seqs
     env.run(until=0.55)
     node.cancel(seqs["A"])
     env.run(until=5)
@@ -121,6 +138,7 @@ def test_cancel_takes_effect_within_one_step():
 
 def test_swapped_state_visible():
     spec = ServerSpec(d0_s=0.01, d1_s=0.0, batch_tokens=100, kv_tokens=25, max_running=10)
-    env, node, log, tokens, seqs = make(spec, [("A", 0.0, 10, 20), ("B", 0.0, 10, 20)])
+    w = make(spec, [("A", 0.0, 10, 20), ("B", 0.0, 10, 20)])
+    env, seqs = w.env, w.seqs
     env.run(until=0.1)
     assert SWAPPED in {seqs["A"].state, seqs["B"].state}
