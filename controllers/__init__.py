@@ -3,7 +3,7 @@
 Importing the package registers every built-in controller in ``REGISTRY``.
 """
 
-from controllers import fixed, unpaced  # noqa: F401  (registration side effect)
+from controllers import aimd, buffer, ewma, fixed, mpc, oracle, pid, sigmoid, unpaced  # noqa: F401  (registration)
 from controllers.base import UNPACED, Controller, Decision, Observation, OracleView, Params
 from controllers.reader import ReaderEstimate
 from controllers.registry import REGISTRY, ControllerInfo, UnknownController, display_info, get, make, validate_params

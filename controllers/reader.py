@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 class ReaderEstimate:
-    __slots__ = ("reading_tps", "position", "_last_t_s")
+    __slots__ = ("_last_t_s", "position", "reading_tps")
 
     def __init__(self, reading_tps: float) -> None:
         self.reading_tps = reading_tps
