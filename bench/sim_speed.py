@@ -7,6 +7,9 @@ so the first is a ratio against SimPy itself, measured back to back in the same 
 2. wall time of 200 concurrent streams x 120 simulated seconds (each stream 1200 tokens read at
    10 tok/s over a 50 Mbit/s path), per controller; target < 30 s on one core.
 
+Each run also prints its events per simulated packet (data segment offered to a bottleneck) and
+per generated token: the model's cost per event only means something while those stay put.
+
     python bench/sim_speed.py [--quick]
 """
 
@@ -22,7 +25,7 @@ import simpy
 from scenarios import load_scenario, parse_scenario
 from scenarios.loader import LoadedScenario
 from sim.workload import draw_requests
-from sim.world import run_controller
+from sim.world import RunStats, run_controller
 
 
 def bare_simpy_events_per_s(n_events: int) -> float:
@@ -36,14 +39,18 @@ def bare_simpy_events_per_s(n_events: int) -> float:
     t0 = time.perf_counter()
     env.run(until=n_events)
     wall = time.perf_counter() - t0
-    return next(env._eid) / wall  # noqa: SLF001
+    return next(env._eid) / wall
 
 
-def model_events_per_s(loaded: LoadedScenario, controller: str, out: Path) -> tuple[float, int, float]:
+def run(loaded: LoadedScenario, controller: str, out: Path) -> RunStats:
     scn = loaded.scenario
-    stats = run_controller(loaded, draw_requests(scn, loaded.base_dir), controller, scn.controllers.get(controller),
-                           out / controller, scn.seed)
-    return stats.events / stats.wall_s, stats.events, stats.wall_s
+    return run_controller(loaded, draw_requests(scn, loaded.base_dir), controller, scn.controllers.get(controller),
+                          out / controller, scn.seed)
+
+
+def per_unit(stats: RunStats) -> str:
+    return (f"packets={stats.packets} tokens={stats.tokens} events_per_packet={stats.events / stats.packets:.3f} "
+            f"events_per_token={stats.events / stats.tokens:.3f}")
 
 
 def concurrent_scenario() -> LoadedScenario:
@@ -72,17 +79,19 @@ def main() -> None:
         for controller in ("unpaced", "fixed"):
             if args.quick and controller == "fixed":
                 continue
-            eps, events, wall = model_events_per_s(loaded, controller, out / "concurrent")
-            print(f"concurrent_200x120_{controller}_wall_s={wall:.2f} events={events} events_per_s={eps:,.0f}")
+            stats = run(loaded, controller, out / "concurrent")
+            print(f"concurrent_200x120_{controller}_wall_s={stats.wall_s:.2f} events={stats.events} "
+                  f"events_per_s={stats.events / stats.wall_s:,.0f} {per_unit(stats)}")
         # 1. events/s of the full model on a built-in fault scenario vs bare SimPy, interleaved
         scenario = load_scenario("wifi-fade")
         ratios = []
         for rep in range(1 if args.quick else 3):
             bare = bare_simpy_events_per_s(300_000 if args.quick else 1_000_000)
-            model, events, wall = model_events_per_s(scenario, "fixed", out / f"wifi{rep}")
+            stats = run(scenario, "fixed", out / f"wifi{rep}")
+            model = stats.events / stats.wall_s
             ratios.append(model / bare)
             print(f"rep={rep} bare_simpy_events_per_s={bare:,.0f} model_events_per_s={model:,.0f} "
-                  f"model_events={events} model_wall_s={wall:.2f}")
+                  f"model_events={stats.events} model_wall_s={stats.wall_s:.2f} {per_unit(stats)}")
         ratios.sort()
         print(f"ratio_to_bare_simpy={ratios[len(ratios) // 2]:.3f}")
 

@@ -21,13 +21,27 @@ READING, COMPLETED, ABANDONED, CANCELLED = "reading", "completed", "abandoned", 
 
 class Reader:
     __slots__ = (
-        "env", "arrival_s", "n_tokens", "reading_tps", "patience_s", "first_patience_s",
-        "t_received", "t_displayed", "received", "stall_s", "state", "end_s", "_deadline_s",
-        "_timer_at_s", "_on_end",
+        "_bpt",
+        "_deadline_s",
+        "_on_end",
+        "_timer_at_s",
+        "arrival_s",
+        "end_s",
+        "env",
+        "first_patience_s",
+        "n_tokens",
+        "patience_s",
+        "reading_tps",
+        "received",
+        "stall_s",
+        "state",
+        "t_displayed",
+        "t_received",
     )
 
     def __init__(self, env: simpy.Environment, arrival_s: float, n_tokens: int, reading_tps: float,
-                 patience_s: float, first_patience_s: float, on_end: Callable[[Reader], None]) -> None:
+                 patience_s: float, first_patience_s: float, on_end: Callable[[Reader], None],
+                 bytes_per_token: int = 1) -> None:
         self.env = env
         self.arrival_s = arrival_s
         self.n_tokens = n_tokens
@@ -41,6 +55,7 @@ class Reader:
         self.state = READING
         self.end_s = math.nan
         self._on_end = on_end
+        self._bpt = bytes_per_token  # for on_bytes
         self._deadline_s = arrival_s + first_patience_s
         self._timer_at_s = float("inf")  # when the pending timer fires (inf: none pending)
         self._arm()
@@ -57,28 +72,38 @@ class Reader:
 
     def on_tokens(self, count: int) -> None:
         """``count`` tokens are now in the client's buffer (in order)."""
-        if self.state != READING:
-            return
+        self.on_bytes(count * self._bpt)
+
+    def on_bytes(self, nbytes: int) -> None:
+        """The client's in-order byte stream reached ``nbytes`` (the TCP receiver calls this per segment)."""
+        i = self.received
+        count = nbytes // self._bpt
+        if count <= i or self.state != READING:
+            return  # no token completed (a part of one): nothing changes, the deadline included
+        n = self.n_tokens
+        if count > n:
+            count = n
         now = self.env.now
         gap = 1.0 / self.reading_tps
-        while self.received < min(count, self.n_tokens):
-            i = self.received
-            self.t_received[i] = now
-            if i == 0:
-                shown = now
-            else:
-                due = self.t_displayed[i - 1] + gap
+        received, displayed = self.t_received, self.t_displayed
+        # Display times follow from arrival times: token i is shown at max(arrival, shown_{i-1} + gap);
+        # the first token is shown on arrival. Written with locals: this runs once per packet.
+        shown = now if i == 0 else displayed[i - 1]
+        for j in range(i, count):
+            received[j] = now
+            if j:
+                due = shown + gap
                 if now > due:
                     self.stall_s += now - due
                 shown = max(now, due)
-            self.t_displayed[i] = shown
-            self.received += 1
-        if self.received >= self.n_tokens:
+            displayed[j] = shown
+        self.received = count
+        if count >= n:
             self.state = COMPLETED
-            self.end_s = self.t_displayed[-1]
+            self.end_s = shown
             self._on_end(self)
             return
-        self._deadline_s = self.due_s() + (self.patience_s if self.received else self.first_patience_s)
+        self._deadline_s = shown + gap + self.patience_s  # due_s() + patience
         if self._deadline_s < self._timer_at_s:
             self._arm()  # the deadline moved earlier (first token in, shorter patience): a new timer
 

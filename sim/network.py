@@ -53,7 +53,8 @@ class PathRuntime:
     cross: list[TcpConnection] = field(default_factory=list)
 
 
-def _loss_model(spec: Bernoulli | GilbertElliott | GilbertElliottFault | LossFault, rng: np.random.Generator) -> LossModel:
+def _loss_model(spec: Bernoulli | GilbertElliott | GilbertElliottFault | LossFault,
+                rng: np.random.Generator) -> LossModel:
     if isinstance(spec, Bernoulli | LossFault):
         return BernoulliLoss(spec.p, rng)
     return GilbertElliottLoss(spec.p, spec.r, spec.loss_bad, spec.loss_good, rng)
@@ -86,7 +87,8 @@ def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, 
                rng: np.random.Generator) -> PathRuntime:
     capacity = base_capacity(spec, base_dir)
     windows = [
-        RateWindow(f.at_s, f.end_s, factor=f.factor, rate_bps=None if f.rate_mbps is None else f.rate_mbps * 1e6, outage=False)
+        RateWindow(f.at_s, f.end_s, factor=f.factor, rate_bps=None if f.rate_mbps is None else f.rate_mbps * 1e6,
+                   outage=False)
         if isinstance(f, RateFault)
         else RateWindow(f.at_s, f.end_s, factor=None, rate_bps=None, outage=True)
         for f in faults
@@ -95,7 +97,8 @@ def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, 
     if windows:
         capacity = FaultedCapacity(capacity, windows)
     loss: LossModel | None = None if spec.loss is None else _loss_model(spec.loss, rng)
-    loss_windows = [(f.at_s, f.end_s, _loss_model(f, rng)) for f in faults if isinstance(f, LossFault | GilbertElliottFault)]
+    loss_windows = [(f.at_s, f.end_s, _loss_model(f, rng))
+                    for f in faults if isinstance(f, LossFault | GilbertElliottFault)]
     if loss_windows:
         from sim.link import NoLoss
 

@@ -25,6 +25,7 @@ from scenarios.schema import ServerSpec
 WAITING, RUNNING, SWAPPED, FINISHED, CANCELLED = "waiting", "running", "swapped", "finished", "cancelled"
 CREDIT_CAP_TOKENS = 2.0  # a paced stream may catch up by at most this many tokens after a pause
 _EPS = 1e-9
+_READY = 1.0 - _EPS  # credit that lets a paced stream step
 
 
 class NodeLog(Protocol):
@@ -40,9 +41,24 @@ class Sequence:
     """One request as the node sees it: lengths, KV footprint, pacing credit and lifecycle times."""
 
     __slots__ = (
-        "req_id", "arrival_s", "prompt_tokens", "output_tokens", "generated", "state", "on_token",
-        "rate_tps", "credit", "credit_t", "enter_running_s", "first_running_s", "running_since_s",
-        "exec_s", "swap_count", "done_s", "cancel_requested", "last_step_s",
+        "arrival_s",
+        "cancel_requested",
+        "credit",
+        "credit_t",
+        "done_s",
+        "enter_running_s",
+        "exec_s",
+        "first_running_s",
+        "generated",
+        "last_step_s",
+        "on_token",
+        "output_tokens",
+        "prompt_tokens",
+        "rate_tps",
+        "req_id",
+        "running_since_s",
+        "state",
+        "swap_count",
     )
 
     def __init__(self, req_id: str, arrival_s: float, prompt_tokens: int, output_tokens: int,
@@ -89,11 +105,11 @@ class Sequence:
         if self.rate_tps is None:
             return True
         self._accrue(now)
-        return self.credit >= 1.0 - _EPS
+        return self.credit >= _READY
 
     def ready_at(self, now: float) -> float:
         """When pacing lets this stream take a step (inf if paused)."""
-        if self.rate_tps is None or self.credit >= 1.0 - _EPS:
+        if self.rate_tps is None or self.credit >= _READY:
             return now
         if self.rate_tps <= 0:
             return float("inf")
@@ -115,6 +131,7 @@ class ServingNode:
         self.busy_s = 0.0
         self.all_seqs: list[Sequence] = []
         self._wake: simpy.Event | None = None
+        self._cancel_pending = False  # a cancel() not yet applied: only then is there anything to drop
         env.process(self._loop())
 
     # ------------------------------------------------------------------ inputs
@@ -129,6 +146,7 @@ class ServingNode:
         if seq.state in (FINISHED, CANCELLED):
             return
         seq.cancel_requested = True
+        self._cancel_pending = True
         self.wake()
 
     def wake(self) -> None:
@@ -142,18 +160,22 @@ class ServingNode:
         d0, d1 = self.spec.d0_s, self.spec.d1_s
         while True:
             now = env.now
-            self._drop_cancelled(now)
+            if self._cancel_pending:
+                self._cancel_pending = False
+                self._drop_cancelled(now)
             decodes, prefills = self._plan(now)
             if not decodes and not prefills:
                 self._wake = env.event()
-                ready = min((s.ready_at(now) for s in self.running), default=float("inf"))
+                ready = self._next_ready(now)
                 if ready < float("inf"):
                     yield env.any_of([self._wake, env.timeout(max(ready - now, 1e-6))])
                 else:
                     yield self._wake
                 self._wake = None
                 continue
-            batch_tokens = len(decodes) + sum(s.prompt_tokens for s in prefills)
+            batch_tokens = len(decodes)
+            for s in prefills:
+                batch_tokens += s.prompt_tokens
             duration = d0 + d1 * batch_tokens
             self.steps += 1
             yield env.timeout(duration)
@@ -166,6 +188,22 @@ class ServingNode:
                     self._make_token(s, now)
             self.log.step(now, self.steps, len(decodes) + len(prefills), batch_tokens, duration,
                           len(self.waiting), len(self.running), len(self.swapped), self.completed, self.kv_used)
+
+    def _next_ready(self, now: float) -> float:
+        """min(s.ready_at(now) for s in running), inf if none: when pacing next lets a stream step.
+
+        Inlined ready_at (the node idles between paced tokens, and each time asks every running stream).
+        """
+        ready = float("inf")
+        for s in self.running:
+            rate = s.rate_tps
+            if rate is None or s.credit >= _READY:
+                return now  # nothing is earlier than now
+            if rate > 0:
+                t = now + (1.0 - s.credit) / rate
+                if t < ready:
+                    ready = t
+        return ready
 
     def _make_token(self, s: Sequence, now: float) -> None:
         idx = s.generated
@@ -227,8 +265,21 @@ class ServingNode:
         spec = self.spec
         budget = spec.batch_tokens
         max_running = spec.max_running or 1 << 30
-        # 1. running streams the pacer allows, in FCFS order; each grows KV by one token
-        decodes = [s for s in self.running if s.eligible(now)][:budget]
+        # 1. running streams the pacer allows, in FCFS order; each grows KV by one token.
+        # Sequence.eligible(), inlined: this visits every running stream every step. Credit accrues at
+        # every visit, as eligible() does, so the arithmetic (and every result) is the same.
+        decodes = []
+        for s in self.running:
+            rate = s.rate_tps
+            if rate is not None:
+                if now > s.credit_t:
+                    credit = s.credit + rate * (now - s.credit_t)
+                    s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
+                s.credit_t = now
+                if not s.credit >= _READY:
+                    continue
+            decodes.append(s)
+        del decodes[budget:]
         preempted = False
         while decodes and self.kv_used + len(decodes) > spec.kv_tokens:
             victim = self._pick_victim()

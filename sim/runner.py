@@ -101,7 +101,8 @@ def run_plan(plan: Plan, jobs: int = 1, show_progress: bool = True) -> tuple[dic
     plan.out.mkdir(parents=True, exist_ok=True)
     write_run_json(plan)
     names = list(plan.controllers)
-    horizon = max((r.arrival_s for r in draw_requests(plan.loaded.scenario, plan.loaded.base_dir, plan.seed)), default=1.0)
+    requests = draw_requests(plan.loaded.scenario, plan.loaded.base_dir, plan.seed)
+    horizon = max((r.arrival_s for r in requests), default=1.0)
     from sim.progress import RunProgress
 
     parallel = jobs > 1 and len(names) > 1

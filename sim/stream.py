@@ -7,8 +7,12 @@ in-order byte stream reaches its end, *acked* when the sender's snd_una passes i
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
 from collections.abc import Callable
+
+import numpy as np
 
 from controllers import Controller, Observation, ReaderEstimate
 from sim.client import ABANDONED, Reader
@@ -20,13 +24,26 @@ from sim.workload import Request
 
 class SimStream:
     __slots__ = (
-        "req", "bpt", "node", "conn", "seq", "reader", "controller", "estimate", "t_generated",
-        "t_sent", "t_acked", "n_sent", "n_acked", "_last_retrans", "rate_tps", "ended", "path",
+        "_env",
+        "_last_retrans",
+        "bpt",
+        "conn",
+        "controller",
+        "ended",
+        "estimate",
+        "node",
+        "path",
+        "rate_tps",
+        "reader",
+        "req",
+        "seq",
+        "t_generated",
     )
 
     def __init__(self, req: Request, bytes_per_token: int, node: ServingNode, path: PathRuntime,
                  controller: Controller, on_end: Callable[[SimStream], None]) -> None:
         env = node.env
+        self._env = env
         self.req = req
         self.bpt = bytes_per_token
         self.node = node
@@ -35,15 +52,9 @@ class SimStream:
         self.estimate = ReaderEstimate(req.reading_tps)
         n = req.output_tokens
         self.t_generated: list[float] = [math.nan] * n
-        self.t_sent: list[float] = [math.nan] * n
-        self.t_acked: list[float] = [math.nan] * n
-        self.n_sent = 0
-        self.n_acked = 0
         self._last_retrans = 0
         self.rate_tps: float | None = None
         self.ended = False
-        self.conn = TcpConnection(env, path.link, path.ack_delay_s, path.tcp, on_delivered=self._delivered,
-                                  on_acked=self._acked, on_sent=self._sent, name=req.stream_id)
 
         def end(reader: Reader) -> None:
             self.ended = True
@@ -52,7 +63,12 @@ class SimStream:
                 self.conn.close()
             on_end(self)
 
-        self.reader = Reader(env, req.arrival_s, n, req.reading_tps, req.patience_s, req.first_token_patience_s, end)
+        # The connection logs when its snd_max / snd_una moved, and to where: enough to tell when each
+        # token was sent / acked (`sent_times`, `acked_times`) without a per-token loop on every packet.
+        self.conn = TcpConnection(env, path.link, path.ack_delay_s, path.tcp, name=req.stream_id, log_progress=True)
+        self.reader = Reader(env, req.arrival_s, n, req.reading_tps, req.patience_s, req.first_token_patience_s, end,
+                             bytes_per_token=bytes_per_token)
+        self.conn.on_delivered = self.reader.on_bytes  # in-order bytes go straight to the reader
         self.seq = Sequence(req.stream_id, req.arrival_s, req.prompt_tokens, n, self._on_token)
         node.submit(self.seq)
 
@@ -62,22 +78,20 @@ class SimStream:
         if not self.ended:
             self.conn.write(self.bpt)
 
-    def _sent(self, snd_max: int) -> None:
-        n = min(snd_max // self.bpt, self.req.output_tokens)
-        now = self.node.env.now
-        for i in range(self.n_sent, n):
-            self.t_sent[i] = now
-        self.n_sent = max(self.n_sent, n)
+    @property
+    def n_acked(self) -> int:
+        """Tokens whose every byte the client has acked."""
+        return min(self.conn.snd_una // self.bpt, self.req.output_tokens)
 
-    def _acked(self, snd_una: int) -> None:
-        n = min(snd_una // self.bpt, self.req.output_tokens)
-        now = self.node.env.now
-        for i in range(self.n_acked, n):
-            self.t_acked[i] = now
-        self.n_acked = max(self.n_acked, n)
+    def sent_times(self, n: int) -> np.ndarray:
+        """When each of the first ``n`` tokens was sent (its last byte first left the sender); NaN: not yet."""
+        assert self.conn.sent_log is not None
+        return _first_times(*self.conn.sent_log, self.bpt, self.req.output_tokens, n)
 
-    def _delivered(self, rcv_nxt: int) -> None:
-        self.reader.on_tokens(rcv_nxt // self.bpt)
+    def acked_times(self, n: int) -> np.ndarray:
+        """When the sender learnt that each of the first ``n`` tokens had arrived; NaN: not yet."""
+        assert self.conn.acked_log is not None
+        return _first_times(*self.conn.acked_log, self.bpt, self.req.output_tokens, n)
 
     # ------------------------------------------------------------------ control
     @property
@@ -90,21 +104,22 @@ class SimStream:
         samples = c.drain_rtt_samples()
         retrans = c.retrans_segs - self._last_retrans
         self._last_retrans = c.retrans_segs
-        acked_tokens = self.n_acked
-        return Observation(
-            t_s=t_s,
-            stream_id=self.req.stream_id,
-            srtt_ms=None if c.srtt_s is None else c.srtt_s * 1000,
-            rtt_min_ms=min(samples) * 1000 if samples else None,
-            rtt_p95_ms=_p95(samples) * 1000 if samples else None,
-            retrans=retrans,
-            cwnd_pkts=int(c.cwnd_pkts),
-            inflight_bytes=c.snd_nxt - c.snd_una,
-            queued_bytes=c.written_bytes - c.snd_una,
-            acked_tokens=acked_tokens,
-            generated_tokens=self.seq.generated,
-            reading_tps=self.req.reading_tps,
-            client_buffer_est=self.estimate.update(t_s, acked_tokens),
+        acked_tokens = min(c.snd_una // self.bpt, self.req.output_tokens)
+        snd_una = c.snd_una
+        return _observation(  # the fields in _OBSERVATION_FIELDS order
+            t_s,
+            self.req.stream_id,
+            None if c.srtt_s is None else c.srtt_s * 1000,
+            min(samples) * 1000 if samples else None,
+            _p95(samples) * 1000 if samples else None,
+            retrans,
+            int(c.cwnd_pkts),
+            c.snd_max - snd_una,  # inflight_bytes: snd_nxt = snd_max (see TcpConnection.snd_nxt)
+            c.written_bytes - snd_una,
+            acked_tokens,
+            self.seq.generated,
+            self.req.reading_tps,
+            self.estimate.update(t_s, acked_tokens),
         )
 
     def control(self, t_s: float) -> Observation:
@@ -116,6 +131,60 @@ class SimStream:
             self.seq.set_rate(t_s, rate)
             self.node.wake()
         return obs
+
+
+_OBSERVATION_FIELDS = ("t_s", "stream_id", "srtt_ms", "rtt_min_ms", "rtt_p95_ms", "retrans", "cwnd_pkts",
+                       "inflight_bytes", "queued_bytes", "acked_tokens", "generated_tokens", "reading_tps",
+                       "client_buffer_est")
+
+
+def _observation_builder() -> Callable[..., Observation]:
+    """``Observation(*values)`` (values in `_OBSERVATION_FIELDS` order), made faster when that is safe.
+
+    A frozen dataclass's __init__ sets each field through object.__setattr__ (its own __setattr__
+    raises): half the cost of an Observation, and the control loop makes one per stream per
+    interval. Setting the slots through their descriptors makes the very same object. Should the
+    class change -- other fields, a __post_init__, no slots -- the class itself builds them.
+    """
+    fields = dataclasses.fields(Observation)
+    if tuple(f.name for f in fields) != _OBSERVATION_FIELDS:
+        return lambda *values: Observation(**dict(zip(_OBSERVATION_FIELDS, values, strict=True)))
+    slots = [vars(Observation).get(name) for name in _OBSERVATION_FIELDS]
+    if hasattr(Observation, "__post_init__") or not all(isinstance(d, types.MemberDescriptorType) for d in slots):
+        return Observation
+    new = object.__new__
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12 = (d.__set__ for d in slots)  # type: ignore[union-attr]
+
+    def build(t_s, stream_id, srtt_ms, rtt_min_ms, rtt_p95_ms, retrans, cwnd_pkts,  # type: ignore[no-untyped-def]
+              inflight_bytes, queued_bytes, acked_tokens, generated_tokens, reading_tps, client_buffer_est):
+        o = new(Observation)
+        s0(o, t_s)
+        s1(o, stream_id)
+        s2(o, srtt_ms)
+        s3(o, rtt_min_ms)
+        s4(o, rtt_p95_ms)
+        s5(o, retrans)
+        s6(o, cwnd_pkts)
+        s7(o, inflight_bytes)
+        s8(o, queued_bytes)
+        s9(o, acked_tokens)
+        s10(o, generated_tokens)
+        s11(o, reading_tps)
+        s12(o, client_buffer_est)
+        return o
+
+    return build
+
+
+_observation = _observation_builder()
+
+
+def _first_times(times: list[float], progress: list[int], bpt: int, n_tokens: int, n: int) -> np.ndarray:
+    """Token i's time is the first of ``times`` at which ``progress`` (bytes, non-decreasing) covered
+    all of it: the same as filling in every newly covered token at each callback, done once."""
+    covered = np.minimum(np.array(progress, dtype=np.int64) // bpt, n_tokens)
+    first = np.searchsorted(covered, np.arange(n), side="right")  # first entry covering more than i tokens
+    return np.append(np.array(times, dtype=np.float64), math.nan)[first]
 
 
 def _p95(samples: list[float]) -> float:

@@ -44,10 +44,11 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Literal
 
 import simpy
-from simpy.events import Event
+from simpy.events import NORMAL, Event
 
 from sim.link import DelayLine, Link, call_at
 
@@ -55,6 +56,7 @@ __all__ = ["Segment", "TcpConfig", "TcpConnection"]
 
 _OPEN, _RECOVERY, _LOSS = 0, 1, 2  # Linux's CA_Open, CA_Recovery, CA_Loss
 _RTT_SAMPLES_KEPT = 100_000  # undrained samples beyond this are discarded (bulk flows nobody drains)
+_new_event = Event.__new__  # ACKs are scheduled as link.call_at does it (see there)
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,7 @@ class TcpConnection:
 
     __slots__ = (
         "_ack_cb",
+        "_ack_delay_s",
         "_ack_line",
         "_bulk",
         "_cc",
@@ -279,6 +282,7 @@ class TcpConnection:
         "_state",
         "_una_n",
         "_unacked_in_order",
+        "acked_log",
         "cfg",
         "closed",
         "cwnd_pkts",
@@ -299,6 +303,7 @@ class TcpConnection:
         "rto_s",
         "rttvar_s",
         "sacked_out",
+        "sent_log",
         "snd_max",
         "snd_una",
         "srtt_s",
@@ -317,16 +322,22 @@ class TcpConnection:
         on_sent: Callable[[int], None] | None = None,
         bulk: bool = False,
         name: str = "",
+        log_progress: bool = False,
     ) -> None:
         self._env = env
         self._link = link
         self._ack_line = DelayLine(env, ack_delay_s)
+        self._ack_delay_s = self._ack_line.delay_s
         self.cfg = cfg
         self._mss_bytes = cfg.mss_bytes
         self._header_bytes = cfg.header_bytes
         self.on_delivered = on_delivered
         self.on_acked = on_acked
         self.on_sent = on_sent
+        # With log_progress, every move of snd_max / snd_una is logged as (time, new value) in
+        # sent_log / acked_log: what a per-token record needs, without a Python call per packet.
+        self.sent_log: tuple[list[float], list[int]] | None = ([], []) if log_progress else None
+        self.acked_log: tuple[list[float], list[int]] | None = ([], []) if log_progress else None
         self._bulk = bulk
         self.name = name
         self.closed = False
@@ -340,8 +351,9 @@ class TcpConnection:
         self.written_bytes = 0
         self.snd_una = 0
         self.snd_max = 0
-        # Scoreboard: segments n in [_una_n, _next_n) are outstanding; segment n is _segs[n - _segs_base_n].
-        self._segs: list[Segment] = []
+        # Scoreboard: segments n in [_una_n, _next_n) are outstanding; segment n is _segs[n - _segs_base_n]
+        # (retired ones, below _una_n, are None until the list is trimmed).
+        self._segs: list[Segment | None] = []
         self._segs_base_n = 0
         self._una_n = 0
         self._next_n = 0
@@ -376,7 +388,7 @@ class TcpConnection:
         self._rto_timer_at_s: float | None = None  # when the one live timer event fires
         self._rto_token = 0  # identifies that event; an event carrying an older token is stale
         self._rto_backoffs = 0  # timeouts since data was last newly ACKed
-        self._rtt_samples: deque[float] = deque(maxlen=_RTT_SAMPLES_KEPT)
+        self._rtt_samples: list[float] = []
 
         # Counters.
         self.retrans_segs = 0
@@ -420,10 +432,12 @@ class TcpConnection:
         return ("open", "recovery", "loss")[self._state]
 
     def drain_rtt_samples(self) -> list[float]:
-        """RTT samples (s) taken since the last drain."""
-        out = list(self._rtt_samples)
-        self._rtt_samples.clear()
-        return out
+        """RTT samples (s) taken since the last drain (the last `_RTT_SAMPLES_KEPT` of them)."""
+        out = self._rtt_samples
+        if not out:
+            return []
+        self._rtt_samples = []  # hand the list over rather than copy it: telemetry drains every stream often
+        return out if len(out) <= _RTT_SAMPLES_KEPT else out[-_RTT_SAMPLES_KEPT:]
 
     # ---------------------------------------------------------------- application side
 
@@ -518,6 +532,9 @@ class TcpConnection:
             self.snd_max = snd_max
             if self._bulk:
                 self.written_bytes = snd_max
+            if self.sent_log is not None:
+                self.sent_log[0].append(now)
+                self.sent_log[1].append(snd_max)
             if self.on_sent is not None:
                 self.on_sent(snd_max)
         return in_flight
@@ -576,6 +593,7 @@ class TcpConnection:
                         retx_acked = True
                     elif first_sent_s < 0:
                         first_sent_s = s.sent_t
+                segs[k - base] = None  # retired: freed now, not left for the cyclic GC with its connection
                 k += 1
             self.packets_out -= k - self._una_n
             self._una_n = k
@@ -587,6 +605,9 @@ class TcpConnection:
             # Karn: no sample if any newly ACKed segment was retransmitted (which copy arrived?).
             if first_sent_s >= 0 and not retx_acked:
                 rtt_s = now - first_sent_s
+            if self.acked_log is not None:
+                self.acked_log[0].append(now)
+                self.acked_log[1].append(ack_seq)
             if self.on_acked is not None:
                 self.on_acked(ack_seq)
 
@@ -620,7 +641,10 @@ class TcpConnection:
             self.rto_s = rto if rto < cfg.max_rto_s else cfg.max_rto_s
             if self.min_rtt_s is None or rtt_s < self.min_rtt_s:
                 self.min_rtt_s = rtt_s
-            self._rtt_samples.append(rtt_s)
+            samples = self._rtt_samples
+            samples.append(rtt_s)
+            if len(samples) >= 2 * _RTT_SAMPLES_KEPT:
+                del samples[:-_RTT_SAMPLES_KEPT]  # nobody drains (a bulk flow): keep memory bounded
 
         if advanced:
             # RFC 6298 (5.2)/(5.3): stop the timer when everything is ACKed, else restart it.
@@ -806,7 +830,14 @@ class TcpConnection:
             self._ooo.setdefault(seq, seg.end)
         # Out-of-order segments and duplicates are ACKed at once (dupACK, D-SACK).
         self._unacked_in_order = 0
-        self._ack_line.send((rcv, seg), self._ack_cb)
+        # self._ack_line.send((rcv, seg), self._ack_cb), inlined: this runs for every segment.
+        env = self._env
+        ev = _new_event(Event)
+        ev.env = env
+        ev.callbacks = [self._ack_cb]
+        ev._ok = True
+        ev._value = (rcv, seg)
+        heappush(env._queue, (env.now + self._ack_delay_s, NORMAL, next(env._eid), ev))  # type: ignore[attr-defined]
 
     def _on_delack_timer(self, ev: Event) -> None:
         self._delack_pending = False
