@@ -1,0 +1,716 @@
+"""The paced streaming server: OpenAI-compatible endpoints, per-connection pacing, /hint, /metrics.
+
+Endpoints (aiohttp; binds 127.0.0.1 unless told otherwise):
+
+* ``POST /v1/chat/completions`` and ``POST /v1/completions`` — OpenAI's request and response
+  shapes. With ``"stream": true`` one SSE event ``data: {...chunk...}`` per token, a usage chunk
+  when ``stream_options.include_usage``, then ``data: [DONE]``; without, one JSON response.
+  tokenpace reads an optional extension object ``"tokenpace": {"stream_id", "reading_tps",
+  "prompt_tokens", "output_tokens", "path"}`` (official clients: ``extra_body``) and the headers
+  ``x-reading-tps`` and ``x-tokenpace-stream-id``. Errors are 4xx JSON in OpenAI's shape
+  ``{"error": {"message", "type", "param", "code"}}``.
+* ``GET /hint`` — the seeds' host-wide hint ``{"token_rate", "sleep_seconds", "health", ...}``;
+  ``GET /hint?stream=<id>`` the same for one connection's stream.
+* ``GET /metrics`` (Prometheus), ``GET /healthz``, ``GET /v1/models``.
+
+Tokens come from the built-in :class:`live.engine.LiveEngine` (the simulator's serving model in
+real time) or, with ``upstream``, from an OpenAI-compatible server (:mod:`live.upstream`). Either
+way each streamed response gets its own controller, run by :class:`live.pacing.PacingLoop` on the
+kernel telemetry of its own socket. Writes apply TCP backpressure: the transport's write buffer
+high-water mark is 0 and every token is drained into the kernel before the next is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+import controllers
+from live.engine import LiveEngine, LiveSequence, TextGenerator
+from live.pacing import (
+    LiveMetrics,
+    NullTelemetry,
+    PacedStream,
+    PacingLoop,
+    apply_backpressure,
+    chunked_wire_size,
+    write_token,
+)
+from live.recorder import LiveRecorder, boot_id, write_run_json
+from live.source import TelemetrySource
+from scenarios.schema import ServerSpec
+
+__all__ = [
+    "ApiError",
+    "CompletionRequest",
+    "LiveConfig",
+    "LiveServer",
+    "RunningServer",
+    "make_app",
+    "parse_completion_request",
+    "running_server",
+    "serve",
+]
+
+log = logging.getLogger("tokenpace.live")
+STATE_KEY: web.AppKey[Any] = web.AppKey("tokenpace")  # -> LiveServer
+DISCONNECTS = (ConnectionResetError, ClientConnectionResetError, ConnectionError)
+
+
+# --------------------------------------------------------------------------- configuration
+class LiveConfig(BaseModel):
+    """Everything ``python -m live`` decides; defaults serve the built-in engine on 127.0.0.1:8000."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
+    controller: str = "unpaced"
+    controller_params: dict[str, Any] = Field(default_factory=dict)
+    control_interval_s: float = Field(0.1, gt=0)
+    server: ServerSpec = Field(default_factory=lambda: ServerSpec(),  # type: ignore[call-arg]
+                               description="the engine's serving model (seed 002)")
+    seed: int = 1
+    model: str = "tokenpace-engine"
+    default_reading_tps: float = Field(10.0, gt=0, description="reader pace when a request gives none")
+    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_limit: int = Field(32_768, ge=1)
+    ttft_expected_s: float = Field(1.0, ge=0)
+    slo_qoe: float = Field(0.9, ge=0, le=1)
+    upstream: str | None = Field(None, description="OpenAI-compatible base URL to proxy (vLLM, Ollama)")
+    upstream_api_key: str | None = None
+    upstream_model: str | None = Field(None, description="model name sent upstream (default: the request's)")
+    upstream_buffer_tokens: int = Field(4096, ge=1, description="stop reading upstream beyond this many held tokens")
+    record_dir: Path | None = None
+    duration_s: float | None = Field(None, gt=0, description="serve this long, then stop (None: until cancelled)")
+    ack_grace_s: float = Field(2.0, ge=0, description="after a stream ends, wait this long for its last ACKs")
+    iface: str | None = None
+    fault: str | None = None
+    scenario: dict[str, Any] | None = Field(None, description="resolved scenario, recorded in run.json")
+
+    @model_validator(mode="after")
+    def _controller(self) -> LiveConfig:
+        try:
+            info = controllers.get(self.controller)
+        except controllers.UnknownController as exc:  # a KeyError; pydantic reports ValueErrors
+            raise ValueError(str(exc)) from None
+        if info.sim_only:
+            raise ValueError(f"controller {self.controller!r} needs the simulator's knowledge (sim only)")
+        problems = controllers.validate_params(self.controller, self.controller_params)
+        if problems:
+            key, msg = problems[0]
+            raise ValueError(f"controller_params.{key}: {msg}")
+        return self
+
+    @classmethod
+    def from_scenario(cls, scenario: Any, controller: str = "unpaced", **overrides: Any) -> LiveConfig:
+        """Take the server model, control interval, seed, reader defaults and the controller's
+        parameters from a scenario (a path, a built-in name, a LoadedScenario or a Scenario)."""
+        from scenarios import LoadedScenario, Scenario, load_scenario
+        from scenarios.loader import find_scenario
+
+        resolved: dict[str, Any] | None
+        if isinstance(scenario, LoadedScenario):
+            scn, resolved = scenario.scenario, scenario.resolved()
+        elif isinstance(scenario, Scenario):
+            scn, resolved = scenario, json.loads(scenario.model_dump_json(by_alias=True))
+        else:
+            loaded = load_scenario(find_scenario(scenario))
+            scn, resolved = loaded.scenario, loaded.resolved()
+        values: dict[str, Any] = {
+            "controller": controller,
+            "controller_params": dict(scn.controllers.get(controller, {})),
+            "control_interval_s": scn.control_interval_s,
+            "server": scn.server,
+            "seed": scn.seed,
+            "default_reading_tps": max(0.1, float(scn.clients.reading_tps.mean())),
+            "ttft_expected_s": scn.clients.ttft_expected_s,
+            "slo_qoe": scn.slo.qoe,
+            "scenario": resolved,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- requests and errors
+class ApiError(Exception):
+    """An error returned to the client in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 type: str = "invalid_request_error", code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, param=self.param, type=self.type, code=self.code)
+
+
+def error_response(status: int, message: str, *, param: str | None = None, type: str = "invalid_request_error",
+                   code: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
+@dataclass
+class CompletionRequest:
+    chat: bool
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int  # the cap the request asked for (finish_reason "length" when reached)
+    output_tokens: int  # tokens the engine makes
+    prompt_tokens: int
+    reading_tps: float
+    stream_id: str | None
+    path: str
+    body: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _positive_int(value: Any, param: str, limit: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(400, f"'{param}' must be a positive integer, got {value!r}", param=param)
+    if limit is not None and value > limit:
+        raise ApiError(400, f"'{param}' is {value}, more than this server allows ({limit})", param=param)
+    return value
+
+
+def _positive_float(value: Any, param: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"'{param}' must be a positive number, got {value!r}", param=param) from None
+    if isinstance(value, bool) or not math.isfinite(x) or x <= 0:
+        raise ApiError(400, f"'{param}' must be a positive number, got {value!r}", param=param)
+    return x
+
+
+def _words(text: Any) -> int:
+    if isinstance(text, str):
+        return len(text.split())
+    if isinstance(text, list):
+        total = 0
+        for part in text:
+            if isinstance(part, dict):
+                total += _words(part.get("text", ""))
+            elif isinstance(part, int):
+                total += 1  # a token id
+            else:
+                total += _words(part)
+        return total
+    return 0
+
+
+def parse_completion_request(body: Any, *, chat: bool, config: LiveConfig,
+                             headers: Any = None) -> CompletionRequest:
+    """Validate an OpenAI (chat) completion request; raises :class:`ApiError` (400) on a bad one."""
+    headers = headers or {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "you must provide a model parameter", param="model")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty array", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise ApiError(400, f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]")
+            content = m.get("content")
+            if content is not None and not isinstance(content, str | list):
+                raise ApiError(400, f"messages[{i}].content must be a string or an array",
+                               param=f"messages[{i}].content")
+        prompt_tokens = sum(_words(m.get("content")) + 3 for m in messages)
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
+            raise ApiError(400, "'prompt' must be a string or a non-empty array", param="prompt")
+        prompt_tokens = _words(prompt)
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise ApiError(400, f"'stream' must be a boolean, got {stream!r}", param="stream")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                           param="stream_options")
+        if not isinstance(options, dict):
+            raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+        include_usage = bool(options.get("include_usage", False))
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    cap_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    cap = body.get(cap_key)
+    max_tokens = (_positive_int(cap, cap_key, config.max_tokens_limit) if cap is not None
+                  else config.default_max_tokens)
+    ext = body.get("tokenpace") or {}
+    if not isinstance(ext, dict):
+        raise ApiError(400, "'tokenpace' must be an object", param="tokenpace")
+    output_tokens = max_tokens
+    if ext.get("output_tokens") is not None:
+        output_tokens = min(max_tokens, _positive_int(ext["output_tokens"], "tokenpace.output_tokens"))
+    if ext.get("prompt_tokens") is not None:
+        prompt_tokens = _positive_int(ext["prompt_tokens"], "tokenpace.prompt_tokens", 10_000_000)
+    reading = config.default_reading_tps
+    if ext.get("reading_tps") is not None:
+        reading = _positive_float(ext["reading_tps"], "tokenpace.reading_tps")
+    elif headers.get("x-reading-tps") is not None:
+        reading = _positive_float(headers.get("x-reading-tps"), "x-reading-tps")
+    stream_id = ext.get("stream_id") or headers.get("x-tokenpace-stream-id")
+    if stream_id is not None and (not isinstance(stream_id, str) or not 0 < len(stream_id) <= 128
+                                  or any(c in stream_id for c in ',"\n\r')):
+        raise ApiError(400, "the stream id must be 1-128 characters without commas or quotes",
+                       param="tokenpace.stream_id")
+    path = ext.get("path") or "live"
+    if not isinstance(path, str) or any(c in path for c in ',"\n\r'):
+        raise ApiError(400, "'tokenpace.path' must be a plain string", param="tokenpace.path")
+    return CompletionRequest(chat=chat, model=model, stream=stream, include_usage=include_usage,
+                             max_tokens=max_tokens, output_tokens=output_tokens, prompt_tokens=max(1, prompt_tokens),
+                             reading_tps=reading, stream_id=stream_id, path=path, body=body)
+
+
+# --------------------------------------------------------------------------- response encoding
+class ChunkEncoder:
+    """SSE events of one streamed response, OpenAI's chunk shapes, one event per token."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.model = model
+        head = json.dumps({"id": self.id, "object": "chat.completion.chunk" if chat else "text_completion",
+                           "created": self.created, "model": model}, separators=(",", ":"))[:-1]
+        self._head = ("data: " + head + ',"choices":[{"index":0,').encode()
+
+    def token(self, text: str, idx: int, finish: str | None) -> bytes:
+        fin = b"null" if finish is None else json.dumps(finish).encode()
+        t = json.dumps(text).encode()
+        if self.chat:
+            delta = b'{"role":"assistant","content":' + t + b"}" if idx == 0 else b'{"content":' + t + b"}"
+            return self._head + b'"delta":' + delta + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
+        return self._head + b'"text":' + t + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        obj: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                               "created": self.created, "model": self.model, "choices": [],
+                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                         "total_tokens": prompt_tokens + completion_tokens}}
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    def full(self, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                      "logprobs": None, "finish_reason": finish}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [choice], "usage": usage}
+
+
+DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def read_json_body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "request body too large") from None
+    try:
+        return json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"could not parse the JSON body of your request: {exc}") from None
+
+
+# --------------------------------------------------------------------------- the server
+class LiveServer:
+    """The state behind one app: engine or upstream, pacing loop, metrics, recorder."""
+
+    def __init__(self, config: LiveConfig, telemetry: TelemetrySource | None = None,
+                 engine: LiveEngine | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.t0 = clock()
+        self.source: TelemetrySource = telemetry if telemetry is not None else NullTelemetry()
+        self.metrics = LiveMetrics()
+        self.recorder: LiveRecorder | None = None
+        if config.record_dir is not None:
+            self.recorder = LiveRecorder(config.record_dir, config.controller, self.t0,
+                                         kv_tokens=config.server.kv_tokens, ttft_expected_s=config.ttft_expected_s)
+        self.upstream: Any = None
+        self.engine: LiveEngine | None = None
+        if config.upstream:
+            from live.upstream import UpstreamProxy
+
+            self.upstream = UpstreamProxy(config.upstream, api_key=config.upstream_api_key,
+                                          model=config.upstream_model, buffer_tokens=config.upstream_buffer_tokens)
+        else:
+            self.engine = engine if engine is not None else LiveEngine(config.server, seed=config.seed, clock=clock)
+            self.engine.tee.add(self.metrics)
+            if self.recorder is not None:
+                self.engine.tee.add(self.recorder)
+        self.pacing = PacingLoop(self.source, interval_s=config.control_interval_s, clock=clock,
+                                 recorder=self.recorder, metrics=self.metrics, ack_grace_s=config.ack_grace_s)
+        self.started = False
+
+    @property
+    def mode(self) -> str:
+        return "upstream" if self.upstream is not None else "engine"
+
+    def new_controller(self) -> controllers.Controller:
+        return controllers.make(self.config.controller, self.config.controller_params)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.t0 = self.clock()
+        if self.recorder is not None:
+            self.recorder.t0 = self.t0
+            cfg = self.config
+            write_run_json(cfg.record_dir, controller=cfg.controller, params=cfg.controller_params,  # type: ignore[arg-type]
+                           scenario=cfg.scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
+                           seed=cfg.seed, live={"t0_monotonic": self.t0, "boot_id": boot_id(), "iface": cfg.iface,
+                                                "fault": cfg.fault, "upstream": cfg.upstream, "host": cfg.host,
+                                                "server_mode": self.mode})
+        self.source.start()
+        if self.engine is not None:
+            self.engine.start()
+        if self.upstream is not None:
+            await self.upstream.start()
+        self.pacing.start()
+
+    def replace_source(self, source: TelemetrySource) -> None:
+        """Swap the telemetry source (the previous one is closed; the new one started if we run)."""
+        old, self.source = self.source, source
+        self.pacing.source = source
+        if self.started:
+            source.start()
+        with contextlib.suppress(Exception):
+            old.close()
+
+    @property
+    def engine_alive(self) -> bool:
+        task = self.engine.running_task if self.engine is not None else None
+        return task is None or not task.done()
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        await self.pacing.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.upstream is not None:
+            await self.upstream.close()
+        self.pacing.flush()
+        if self.recorder is not None:
+            self.recorder.close(self.engine.all_seqs if self.engine is not None else None)
+        with contextlib.suppress(Exception):
+            self.source.close()
+
+    # ------------------------------------------------------------------ streams
+    def new_stream(self, request: web.Request, req: CompletionRequest, kind: str) -> PacedStream:
+        conn = self.pacing.connection(request.transport)
+        sid = self.pacing.unique_id(req.stream_id)
+        return PacedStream(sid, conn, self.new_controller(), reading_tps=req.reading_tps, arrival_s=self.clock(),
+                           prompt_tokens=req.prompt_tokens, output_tokens=req.output_tokens, path=req.path, kind=kind)
+
+    async def stream_engine(self, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
+        engine = self.engine
+        assert engine is not None
+        transport = request.transport
+        ps = self.new_stream(request, req, "engine")
+        enc = ChunkEncoder(req.chat, req.model)
+        words = TextGenerator(self.config.seed, ps.stream_id)
+        finish = "length" if req.output_tokens >= req.max_tokens else "stop"
+        n_out = req.output_tokens
+        pending: deque[bytes] = deque()
+        ready = asyncio.Event()
+        metrics = self.metrics
+
+        def on_token(t_s: float, idx: int) -> None:
+            payload = enc.token(words.next(), idx, finish if idx + 1 >= n_out else None)
+            pending.append(payload)
+            ps.on_generated(t_s, chunked_wire_size(len(payload)))
+            metrics.tokens_generated.inc()
+            ready.set()
+
+        def alive() -> bool:
+            return transport is not None and not transport.is_closing()
+
+        seq = engine.new_sequence(ps.stream_id, req.prompt_tokens, n_out, on_token, alive)
+        ps.target = seq
+        ps.wake = engine.wake
+        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-tokenpace-stream-id": ps.stream_id})
+        self.pacing.register(ps)
+        outcome = "cancelled"
+        try:
+            await resp.prepare(request)
+            apply_backpressure(transport)
+            engine.submit(seq)
+            writer = request.writer
+            sent = 0
+            while sent < n_out:
+                if not pending:
+                    if seq.cancel_requested or seq.state == "cancelled" or not alive() or not self.engine_alive:
+                        break
+                    ready.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ready.wait(), self.config.control_interval_s)
+                    continue
+                payload = pending.popleft()
+                await write_token(resp, writer, payload)
+                ps.on_sent(self.clock(), chunked_wire_size(len(payload)))
+                metrics.tokens_sent.inc()
+                sent += 1
+            if sent >= n_out:
+                if req.include_usage:
+                    await resp.write(enc.usage(req.prompt_tokens, sent))
+                await resp.write(DONE)
+                await resp.write_eof()
+                outcome = "completed"
+        except DISCONNECTS:
+            pass
+        finally:
+            if outcome != "completed":
+                now = self.clock()
+                ps.detach(now)
+                seq.mark_detached(now)
+                engine.cancel(seq)
+            self.pacing.end(ps, outcome)
+        return resp
+
+    async def complete_engine(self, request: web.Request, req: CompletionRequest) -> web.Response:
+        engine = self.engine
+        assert engine is not None
+        transport = request.transport
+        words = TextGenerator(self.config.seed, self.pacing.unique_id(req.stream_id))
+        parts: list[str] = []
+        done = asyncio.Event()
+        n_out = req.output_tokens
+
+        def on_token(t_s: float, idx: int) -> None:
+            parts.append(words.next())
+            self.metrics.tokens_generated.inc()
+            if idx + 1 >= n_out:
+                done.set()
+
+        seq: LiveSequence = engine.new_sequence(f"req-{uuid.uuid4().hex[:8]}", req.prompt_tokens, n_out, on_token,
+                                                lambda: transport is not None and not transport.is_closing())
+        engine.submit(seq)
+        try:
+            while not done.is_set():
+                if seq.state == "cancelled":
+                    raise ConnectionResetError("client left")
+                if not self.engine_alive:
+                    raise ApiError(500, "the token engine stopped", type="server_error")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 1.0)
+        finally:
+            if not done.is_set():
+                engine.detach(seq)
+        finish = "length" if n_out >= req.max_tokens else "stop"
+        body = ChunkEncoder(req.chat, req.model).full("".join(parts), finish, req.prompt_tokens, len(parts))
+        self.metrics.tokens_sent.inc(len(parts))
+        return web.json_response(body)
+
+    # ------------------------------------------------------------------ handlers
+    async def completions(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        body = await read_json_body(request)
+        req = parse_completion_request(body, chat=chat, config=self.config, headers=request.headers)
+        if self.upstream is not None:
+            return await self.upstream.handle(self, request, req)
+        if req.stream:
+            return await self.stream_engine(request, req)
+        return await self.complete_engine(request, req)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.completions(request, chat=True)
+
+    async def text_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.completions(request, chat=False)
+
+    async def hint(self, request: web.Request) -> web.Response:
+        sid = request.query.get("stream")
+        if sid is not None:
+            s = self.pacing.get(sid)
+            if s is None:
+                raise ApiError(404, f"no stream {sid!r}", param="stream", code="stream_not_found")
+            return web.json_response({**s.hint(), "controller": self.config.controller})
+        return web.json_response({**self.pacing.host_hint(), "controller": self.config.controller})
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        if self.engine is not None:
+            self.metrics.waiting.set(len(self.engine.waiting))
+            self.metrics.kv_used.set(self.engine.kv_used)
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        body: dict[str, Any] = {
+            "status": "ok" if self.engine_alive else "engine stopped",
+            "mode": self.mode,
+            "controller": self.config.controller,
+            "model": self.config.model,
+            "active_streams": sum(1 for s in self.pacing.streams.values() if not s.ended),
+            "control_interval_s": self.config.control_interval_s,
+            "t0_monotonic": self.t0,
+            "now_monotonic": now,
+            "uptime_s": now - self.t0,
+            "boot_id": boot_id(),
+            "record_dir": None if self.config.record_dir is None else str(self.config.record_dir),
+        }
+        if self.engine is not None:
+            e = self.engine
+            body["engine"] = {"steps": e.steps, "busy_s": e.busy_s, "waiting": len(e.waiting),
+                              "running": len(e.running), "swapped": len(e.swapped), "kv_used": e.kv_used,
+                              "completed": e.completed}
+        return web.json_response(body)
+
+    async def models(self, request: web.Request) -> web.Response:
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                return web.json_response(await self.upstream.models())
+        return web.json_response({"object": "list", "data": [
+            {"id": self.config.model, "object": "model", "created": int(time.time()), "owned_by": "tokenpace"}]})
+
+
+@web.middleware
+async def _errors(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    if request.transport is not None:
+        state.pacing.connection(request.transport)  # count this connection's bytes from its first response on
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return error_response(exc.status, exc.reason or "error", type=kind)
+    except DISCONNECTS:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # an internal error still answers in OpenAI's shape
+        log.exception("internal error")
+        return error_response(500, f"internal error: {exc}", type="server_error")
+
+
+def make_app(config: LiveConfig, telemetry_source: TelemetrySource | None = None,
+             engine: LiveEngine | None = None) -> web.Application:
+    """The aiohttp application. It starts the telemetry, the engine and the pacing loop on startup
+    and stops them (flushing the recorder) on cleanup. ``telemetry_source`` None = no kernel telemetry."""
+    state = LiveServer(config, telemetry_source, engine)
+    app = web.Application(middlewares=[_errors], client_max_size=8 * 1024 * 1024)
+    app[STATE_KEY] = state
+    app.router.add_post("/v1/chat/completions", state.chat_completions)
+    app.router.add_post("/v1/completions", state.text_completions)
+    app.router.add_get("/v1/models", state.models)
+    app.router.add_get("/hint", state.hint)
+    app.router.add_get("/metrics", state.metrics_handler)
+    app.router.add_get("/healthz", state.healthz)
+
+    async def on_startup(_app: web.Application) -> None:
+        await state.start()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        await state.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def server_state(app: web.Application) -> LiveServer:
+    return app[STATE_KEY]
+
+
+@dataclass
+class RunningServer:
+    app: web.Application
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def state(self) -> LiveServer:
+        return self.app[STATE_KEY]
+
+
+TelemetryArg = TelemetrySource | Callable[[int], TelemetrySource] | None
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: LiveConfig, telemetry: TelemetryArg = None,
+                         engine: LiveEngine | None = None) -> AsyncIterator[RunningServer]:
+    """Serve ``make_app(config, ...)`` on config.host:config.port (0 = a free port) inside the block.
+
+    ``telemetry`` is a source, or a factory called with the bound port once the socket is bound
+    (``lambda port: BccTelemetry(ports=[port])`` works with port 0 too). Handlers are cancelled
+    when their client disconnects (aiohttp's ``handler_cancellation``), so a stream notices a
+    departed client at once and not only at its next write."""
+    factory = telemetry if telemetry is not None and not hasattr(telemetry, "poll") else None
+    app = make_app(config, None if factory is not None else telemetry, engine)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+        await site.start()
+        port = config.port
+        for sock in getattr(site._server, "sockets", None) or ():
+            port = sock.getsockname()[1]
+            break
+        if factory is not None:
+            app[STATE_KEY].replace_source(factory(port))  # type: ignore[operator]
+        yield RunningServer(app, runner, config.host, port)
+    finally:
+        await runner.cleanup()
+
+
+async def serve(config: LiveConfig, telemetry: TelemetryArg = None, *,
+                ready: Callable[[RunningServer], None] | None = None) -> None:
+    """Serve until cancelled (Ctrl-C) or for ``config.duration_s``; records to ``config.record_dir``.
+
+    ``telemetry``: a TelemetrySource, a factory ``port -> TelemetrySource``, or None (no kernel
+    telemetry: controllers see only what the server knows). ``ready`` is called once listening."""
+    async with running_server(config, telemetry) as server:
+        log.info("tokenpace live: %s mode, controller %s, on %s", server.state.mode, config.controller, server.url)
+        if ready is not None:
+            ready(server)
+        if config.duration_s is not None:
+            await asyncio.sleep(config.duration_s)
+        else:
+            await asyncio.Event().wait()

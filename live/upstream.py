@@ -1,0 +1,263 @@
+"""``--upstream URL``: proxy an OpenAI-compatible streaming server (vLLM, Ollama) and re-pace it.
+
+A streamed request is forwarded with ``"stream": true``; the upstream's SSE events are read as
+fast as it sends them (up to ``buffer_tokens`` held tokens, beyond which reading stops and TCP
+pushes back on the upstream) and released to the client at the rate the connection's controller
+decides. Release uses the simulator's pacing credit (:class:`sim.node.Sequence`: a token may go
+when the credit reaches one; the credit accrues at the rate, capped at two tokens), so a live
+proxied stream is paced exactly like a simulated one. An event carrying text (``delta.content``
+or ``text``) is a token; other events (role only, usage, finish) are forwarded in order without
+spending credit. Events are forwarded byte for byte.
+
+When the client leaves, the upstream request is cancelled: its response is closed, which closes
+the connection to the upstream (vLLM and Ollama abort a request whose client went away).
+Non-streamed requests are forwarded unchanged and unpaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from live.pacing import apply_backpressure, chunked_wire_size, write_token
+from sim.node import Sequence
+
+if TYPE_CHECKING:
+    from live.server import CompletionRequest, LiveServer
+
+__all__ = ["UpstreamProxy", "is_token_event", "split_sse"]
+
+log = logging.getLogger("tokenpace.live")
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+def is_token_event(data: bytes) -> bool | None:
+    """True for an event carrying text, False for other JSON events, None for ``[DONE]``."""
+    text = data.strip()
+    if text == b"[DONE]":
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(obj, dict):
+        return False
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta.get("content"):
+            return True
+        if choice.get("text"):
+            return True
+    return False
+
+
+def split_sse(buffer: bytearray) -> list[bytes]:
+    """Take every complete event (up to a blank line) out of ``buffer``; CRLFs become LFs."""
+    if b"\r" in buffer:
+        buffer[:] = buffer.replace(b"\r\n", b"\n")
+    events: list[bytes] = []
+    while True:
+        end = buffer.find(b"\n\n")
+        if end < 0:
+            return events
+        events.append(bytes(buffer[: end + 2]))
+        del buffer[: end + 2]
+
+
+def _event_data(event: bytes) -> bytes | None:
+    lines = [ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None for ln in event.split(b"\n")]
+    data = [d for d in lines if d is not None]
+    return b"\n".join(data) if data else None
+
+
+class UpstreamProxy:
+    def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
+                 buffer_tokens: int = 4096, connect_timeout_s: float = 10.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"upstream URL must be http(s)://host[:port][/v1], got {base_url!r}")
+        base = base_url.rstrip("/")
+        if not base.endswith("/v1"):
+            base += "/v1"
+        self.base = base
+        self.api_key = api_key
+        self.model = model
+        self.buffer_tokens = buffer_tokens
+        self.connect_timeout_s = connect_timeout_s
+        self.session: aiohttp.ClientSession | None = None
+        self.cancelled_upstream = 0  # upstream requests closed because the client left
+
+    async def start(self) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
+                connector=aiohttp.TCPConnector(limit=0))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    async def models(self) -> Any:
+        assert self.session is not None
+        async with self.session.get(self.base + "/models", headers=self._headers()) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    def _body(self, req: CompletionRequest, stream: bool) -> dict[str, Any]:
+        body = {k: v for k, v in req.body.items() if k != "tokenpace"}
+        if self.model:
+            body["model"] = self.model
+        body["stream"] = stream
+        if not stream:
+            body.pop("stream_options", None)
+        return body
+
+    async def handle(self, server: LiveServer, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
+        assert self.session is not None, "UpstreamProxy.start() was not called"
+        from live.server import ApiError
+
+        url = self.base + ("/chat/completions" if req.chat else "/completions")
+        try:
+            if not req.stream:
+                async with self.session.post(url, json=self._body(req, False), headers=self._headers()) as up:
+                    payload = await up.read()
+                    headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS}
+                    return web.Response(status=up.status, body=payload, headers=headers)
+            return await self._stream(server, request, req, url)
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiError(502, f"upstream {self.base} unreachable: {exc}", type="upstream_error") from None
+
+    async def _stream(self, server: LiveServer, request: web.Request, req: CompletionRequest,
+                      url: str) -> web.StreamResponse:
+        assert self.session is not None
+        clock = server.clock
+        transport = request.transport
+        ps = server.new_stream(request, req, "upstream")
+        credit = Sequence(ps.stream_id, clock(), req.prompt_tokens, req.output_tokens, lambda _t, _i: None)
+        ps.target = credit
+        events: deque[tuple[bytes, bool]] = deque()
+        state = {"done": False, "held": 0}
+        wake = asyncio.Event()
+        room = asyncio.Event()
+        room.set()
+        ps.wake = wake.set
+        metrics = server.metrics
+
+        def alive() -> bool:
+            return transport is not None and not transport.is_closing()
+
+        up = await self.session.post(url, json=self._body(req, True), headers=self._headers())
+        if up.status != 200:
+            try:
+                payload = await up.read()
+            finally:
+                up.release()
+            headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS}
+            return web.Response(status=up.status, body=payload, headers=headers)
+
+        async def read_upstream() -> None:
+            buf = bytearray()
+            try:
+                async for chunk in up.content.iter_any():
+                    buf += chunk
+                    for ev in split_sse(buf):
+                        data = _event_data(ev)
+                        if data is None:
+                            continue  # comments, keep-alives
+                        kind = is_token_event(data)
+                        if kind is None:
+                            state["done"] = True
+                            events.append((ev, False))
+                            wake.set()
+                            return
+                        if kind:
+                            ps.on_generated(clock(), chunked_wire_size(len(ev)))
+                            metrics.tokens_generated.inc()
+                            state["held"] += 1
+                        events.append((ev, kind))
+                        wake.set()
+                    while state["held"] >= self.buffer_tokens:
+                        room.clear()
+                        await room.wait()  # stop reading: TCP pushes back on the upstream
+            finally:
+                state["done"] = True
+                ps.done_generating = True
+                wake.set()
+
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                       "x-tokenpace-stream-id": ps.stream_id})
+        server.pacing.register(ps)
+        reader = asyncio.get_running_loop().create_task(read_upstream(), name=f"upstream-{ps.stream_id}")
+        outcome = "cancelled"
+        interval = server.config.control_interval_s
+        try:
+            await resp.prepare(request)
+            apply_backpressure(transport)
+            writer = request.writer
+            while True:
+                if not alive():
+                    break
+                if not events:
+                    if state["done"] and reader.done():
+                        break
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), interval)
+                    continue
+                ev, token = events[0]
+                if token:
+                    now = clock()
+                    if not credit.eligible(now):
+                        wait = min(credit.ready_at(now) - now, interval)
+                        wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(wake.wait(), max(wait, 1e-4))
+                        continue
+                    credit.last_step_s = now  # the release spends credit exactly as a decode step does
+                    if credit.rate_tps is not None:
+                        credit.credit -= 1.0
+                events.popleft()
+                await write_token(resp, writer, ev)
+                if token:
+                    ps.on_sent(clock(), chunked_wire_size(len(ev)))
+                    metrics.tokens_sent.inc()
+                    state["held"] -= 1
+                    if state["held"] < self.buffer_tokens:
+                        room.set()
+            if alive():
+                await resp.write_eof()
+                outcome = "completed"
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            if outcome != "completed":
+                ps.detach(clock())
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if outcome == "completed" and state["done"]:
+                up.release()
+            else:
+                if not up.closed:
+                    self.cancelled_upstream += 1
+                up.close()  # closes the upstream connection: the upstream aborts the request
+            ps.done_generating = True
+            server.pacing.end(ps, outcome)
+        return resp

@@ -1,0 +1,264 @@
+"""Kernel telemetry against real TCP: eBPF probes on a veth pair between two fresh namespaces.
+
+Non-live tests (the histogram, observations, net_data rows) run anywhere; ``@pytest.mark.live``
+ones need root and the kernel (skipped otherwise; failed under TOKENPACE_REQUIRE_LIVE=1).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import controllers
+from live.netdata import COLUMNS, NetDataAggregator, NetDataWriter
+from live.source import SocketStats
+from live.telemetry import HostInterval, RttHistogram, observation_from_stats
+
+INTERVAL_S = 0.1  # the scenario default control interval
+
+
+def free_port() -> int:
+    # the probes are global (every namespace): a port nobody else is likely to use right now
+    return random.randint(40000, 49999)
+
+
+def stats(**kw: object) -> SocketStats:
+    base: dict[str, object] = dict(cookie=1, srtt_us=2000, rtt_min_us=1500, rtt_max_us=2500, rtt_p95_us=2400,
+                                   retrans=0, cwnd_pkts=10, ssthresh_pkts=None, snd_wnd_bytes=65535,
+                                   inflight_bytes=3000, acked_bytes=1000, samples=5)
+    base.update(kw)
+    return SocketStats(**base)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- pure Python parts
+def test_histogram_buckets_are_contiguous_and_quantile_is_within_bucket_width():
+    h = RttHistogram()
+    prev_hi = 0
+    for i in range(h.nbuckets - 1):
+        lo, hi = h.bounds(i)
+        assert lo == prev_hi and hi > lo  # no gaps, no overlaps
+        assert h.bucket(lo) == i and h.bucket(hi - 1) == i
+        prev_hi = hi
+    counts = [0] * h.nbuckets
+    values = [100 + 10 * i for i in range(100)]  # 100..1090 us; nearest-rank p95 = 1040
+    for v in values:
+        counts[h.bucket(v)] += 1
+    q = h.quantile(counts, 0.95)
+    assert q is not None and abs(q - 1040) / 1040 < 0.07
+    assert h.quantile([0] * h.nbuckets, 0.95) is None
+
+
+def test_observation_from_stats_converts_units_and_keeps_server_fields():
+    obs = observation_from_stats(stats(retrans=3), 12.5, "s1", acked_tokens=40, generated_tokens=50, reading_tps=12.0)
+    assert (obs.srtt_ms, obs.rtt_min_ms, obs.rtt_p95_ms) == (2.0, 1.5, 2.4)
+    assert obs.retrans == 3 and obs.cwnd_pkts == 10 and obs.inflight_bytes == 3000
+    assert obs.queued_bytes == 3000  # defaults to what is in flight
+    assert (obs.t_s, obs.stream_id, obs.acked_tokens, obs.generated_tokens) == (12.5, "s1", 40, 50)
+    assert obs.reading_tps == 12.0
+    empty = observation_from_stats(None, 1.0, "s2", queued_bytes=500)
+    assert empty.srtt_ms is None and empty.retrans == 0 and empty.queued_bytes == 500
+
+
+def host(samples: int, avg: float | None, p95: float | None = None, retrans: int = 0) -> HostInterval:
+    return HostInterval(t_s=1.0, wall_s=1700000000.1234, interval_s=1.0, sockets=1, samples=samples,
+                        rtt_min_us=int(avg * 0.5) if avg else None, rtt_max_us=int(avg * 2) if avg else None,
+                        rtt_avg_us=avg, rtt_p95_us=p95, retrans=retrans, acked_bytes=0)
+
+
+def test_netdata_rows_keep_seed_columns_and_roll_over_intervals_with_samples(tmp_path: Path):
+    assert COLUMNS == ("timestamp", "avg_rtt_us", "p95_rtt_us", "min_rtt_us", "max_rtt_us", "retrans_count",
+                       "rtt_samples", "rolling_avg_rtt_us", "rolling_p95_rtt_us", "label")
+    agg = NetDataAggregator(window=2)
+    r1 = agg.add(host(10, 1000.0, 1500.0))
+    r2 = agg.add(host(0, None, retrans=2))  # silence: zeros, does not drag the rolling means
+    r3 = agg.add(host(10, 3000.0, 3500.0), label=1)
+    assert (r1.rolling_avg_rtt_us, r1.rolling_p95_rtt_us) == (1000, 1500)
+    assert (r2.avg_rtt_us, r2.p95_rtt_us, r2.min_rtt_us, r2.retrans_count, r2.rolling_avg_rtt_us) == (0, 0, 0, 2, 1000)
+    assert (r3.rolling_avg_rtt_us, r3.rolling_p95_rtt_us, r3.label) == (3000, 3500, 1)  # window of 2: r1 fell out
+    with NetDataWriter(tmp_path / "net_data.csv") as w:
+        w.write(host(4, 800.0, 900.0))
+    lines = (tmp_path / "net_data.csv").read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS)
+    assert lines[1] == "1700000000.123,800,900,400,1600,0,4,800,900,0"
+
+
+class FakeKernel:
+    """The maps of tcp_telemetry.c, updated in Python the way the C does: drain() runs without root."""
+
+    class Stats(ct.Structure):
+        _fields_: ClassVar = [("samples", ct.c_uint64), ("srtt_sum_us", ct.c_uint64), ("retrans", ct.c_uint64),
+                              ("acked_bytes", ct.c_uint64), ("last_ns", ct.c_uint64), ("srtt_us", ct.c_uint32),
+                              ("cwnd", ct.c_uint32), ("ssthresh", ct.c_uint32), ("snd_wnd", ct.c_uint32),
+                              ("inflight", ct.c_uint32), ("snd_una", ct.c_uint32), ("closed", ct.c_uint32),
+                              ("mm_epoch", ct.c_uint32 * 2), ("mm_min", ct.c_uint32 * 2), ("mm_max", ct.c_uint32 * 2),
+                              ("hist", ct.c_uint32 * RttHistogram().nbuckets)]
+
+    class Key:
+        def __init__(self, v: int) -> None:
+            self.value = v
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.socks: dict[int, FakeKernel.Stats] = {}
+        self.hist = RttHistogram()
+
+    def __getitem__(self, name: bytes) -> Any:
+        kernel = self
+
+        class Epoch:
+            def __setitem__(self, k: object, v: ct.c_uint32) -> None:
+                kernel.epoch = v.value
+
+        class Socks:
+            def items(self) -> list[tuple[FakeKernel.Key, FakeKernel.Stats]]:
+                return [(FakeKernel.Key(c), st) for c, st in kernel.socks.items()]
+
+            def __delitem__(self, k: FakeKernel.Key) -> None:
+                del kernel.socks[k.value]
+
+        return {b"epoch": Epoch(), b"socks": Socks()}[name]
+
+    def probe(self, cookie: int, srtt_us: int, snd_una: int, inflight: int = 0, cwnd: int = 10) -> None:
+        st = self.socks.get(cookie)
+        if st is None:
+            st = self.socks[cookie] = FakeKernel.Stats()
+            st.snd_una = snd_una
+        st.samples += 1
+        st.srtt_sum_us += srtt_us
+        st.acked_bytes += (snd_una - st.snd_una) & 0xFFFFFFFF
+        st.snd_una, st.srtt_us, st.cwnd, st.inflight = snd_una, srtt_us, cwnd, inflight
+        st.ssthresh = 0x7FFFFFFF
+        st.last_ns = time.monotonic_ns()
+        slot = self.epoch & 1
+        if st.mm_epoch[slot] != self.epoch or st.mm_min[slot] == 0:
+            st.mm_epoch[slot], st.mm_min[slot], st.mm_max[slot] = self.epoch, max(1, srtt_us), srtt_us
+        else:
+            st.mm_min[slot] = min(st.mm_min[slot], max(1, srtt_us))
+            st.mm_max[slot] = max(st.mm_max[slot], srtt_us)
+        st.hist[self.hist.bucket(srtt_us)] += 1
+
+
+def test_drain_turns_cumulative_maps_into_interval_stats():
+    from live.telemetry import BccTelemetry
+
+    kernel = FakeKernel()
+    tel = BccTelemetry([8000], INTERVAL_S, idle_timeout_s=0.05)
+    tel._bpf = kernel  # what start() would have loaded
+    for i, rtt in enumerate([1000, 2000, 3000, 4000]):
+        kernel.probe(7, rtt, snd_una=1000 * (i + 1), inflight=500)
+    kernel.probe(9, 50_000, snd_una=5)
+    d = tel.drain()
+    s7 = d.stats[7]
+    assert (s7.samples, s7.srtt_us, s7.rtt_min_us, s7.rtt_max_us) == (4, 4000, 1000, 4000)
+    assert s7.acked_bytes == 3000 and s7.inflight_bytes == 500 and s7.ssthresh_pkts is None
+    assert 3700 <= (s7.rtt_p95_us or 0) <= 4000  # its bucket, clamped to the max
+    assert d.host.samples == 5 and d.host.rtt_min_us == 1000 and d.host.rtt_max_us == 50_000
+    assert d.host.rtt_avg_us == pytest.approx((1000 + 2000 + 3000 + 4000 + 50_000) / 5)
+    kernel.socks[7].retrans += 2  # a retransmit, no ACK: the interval still reports the socket
+    kernel.probe(9, 60_000, snd_una=1505)
+    d = tel.drain()
+    assert (d.stats[7].samples, d.stats[7].retrans, d.stats[7].rtt_min_us, d.stats[7].srtt_us) == (0, 2, None, 4000)
+    assert (d.stats[9].samples, d.stats[9].rtt_min_us, d.stats[9].acked_bytes) == (1, 60_000, 1500)
+    time.sleep(0.06)  # idle past the timeout: forgotten, and removed from the map
+    assert tel.drain().stats == {} and kernel.socks == {}
+
+
+# --------------------------------------------------------------------------- the kernel
+def ss_rtt_ms(pair, port: int) -> float | None:
+    """`ss -ti`'s srtt (ms) of the established socket with local port ``port`` in namespace a."""
+    out = pair.run("a", ["ss", "-tin", "state", "established", f"( sport = :{port} )"]).stdout
+    m = re.search(r"\brtt:([\d.]+)/", out)
+    return float(m.group(1)) if m else None
+
+
+@pytest.mark.live
+def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(veth, bulk_flow):
+    from live.faults import FaultPlayer
+    from live.telemetry import BccTelemetry
+    from scenarios.schema import LossFault
+
+    port = free_port()
+    fault_at_s = 1.05  # mid-interval: the polls at 0.1 s multiples never straddle the switch
+    ctrl = controllers.make("ewma")
+    rows: list[tuple[float, SocketStats | None, float]] = []
+    with BccTelemetry([port], INTERVAL_S) as tel, bulk_flow(veth, port, rate_bps=100e6) as flow:
+        player = FaultPlayer(veth.if_a, [LossFault(kind="loss", at_s=fault_at_s, duration_s=10, p=0.1)],
+                             netns=veth.ns_a, handle_signals=False, log=lambda m: None)
+        with player:  # compiling the dropper takes a moment; the timeline starts after it
+            tel.poll()  # forget the handshake interval
+            t0 = player.t0_s
+            assert t0 is not None
+            next_t = t0 + INTERVAL_S
+            while next_t - t0 <= fault_at_s + 0.8:
+                time.sleep(max(0.0, next_t - time.monotonic()))
+                now = time.monotonic()
+                s = tel.poll().get(flow.cookie)
+                decision = ctrl.decide(observation_from_stats(s, now, "bulk", reading_tps=15.0))
+                assert decision.rate_tps is not None
+                rows.append((now - t0, s, decision.rate_tps))
+                next_t += INTERVAL_S
+            applied_s = next(t for t, shape in player.history if shape.loss)
+            passed, dropped = player.dropper_counters()
+    before = [r for r in rows if r[0] <= applied_s]
+    after = [r for r in rows if r[0] > applied_s]
+    retrans_before = sum(s.retrans for _, s, _ in before if s is not None)
+    retrans_after = sum(s.retrans for _, s, _ in after if s is not None)
+    print(f"\nloss 10%: dropper passed={passed} dropped={dropped}; probe retrans before={retrans_before} "
+          f"after={retrans_after}; rates: " + " ".join(f"{t:.1f}:{r:.1f}" for t, _, r in rows))
+    with_acks = sum(s is not None and s.samples > 0 for _, s, _ in before)
+    assert with_acks >= len(before) - 1, "the probe saw no ACKs before the fault"
+    assert retrans_before <= 3  # a clean veth; the odd tail-loss probe of an app-limited burst is a retransmit too
+    assert dropped > 0
+    assert retrans_after >= max(5, dropped // 4), "retransmits of dropped packets were not seen"
+    rate_before = before[-1][2]
+    assert min(r for _, _, r in after[:2]) < rate_before - 1.0, "ewma did not slow down within two intervals"
+
+
+@pytest.mark.live
+def test_tbf_rate_cut_raises_srtt_and_matches_ss(veth, bulk_flow):
+    from live.faults import FaultPlayer
+    from live.telemetry import BccTelemetry
+    from scenarios.schema import RateFault
+
+    port = free_port()
+    cut_at_s = 1.0
+    baseline: list[int] = []
+    during: list[int] = []
+    pairs: list[tuple[float, float]] = []  # (probe srtt ms, ss rtt ms)
+    with BccTelemetry([port], INTERVAL_S) as tel, bulk_flow(veth, port) as flow:
+        player = FaultPlayer(veth.if_a, [RateFault(kind="rate", at_s=cut_at_s, duration_s=10, rate_mbps=5)],
+                             netns=veth.ns_a, handle_signals=False, log=lambda m: None)
+        with player:
+            tel.poll()
+            t0 = player.t0_s
+            assert t0 is not None
+            while (t := time.monotonic() - t0) < cut_at_s + 2.0:
+                time.sleep(INTERVAL_S)
+                s = tel.poll().get(flow.cookie)
+                if s is None or s.srtt_us is None or s.samples == 0:
+                    continue
+                if t < cut_at_s - 0.1:
+                    baseline.append(s.srtt_us)
+                elif t > cut_at_s + 1.0:  # the 64 KB queue has filled
+                    during.append(s.srtt_us)
+                    ss = ss_rtt_ms(veth, port)
+                    if ss is not None:
+                        pairs.append((s.srtt_us / 1000, ss))
+    base_ms = statistics.median(baseline) / 1000
+    cut_ms = statistics.median(during) / 1000
+    errors = [abs(p - s) / s for p, s in pairs]
+    print(f"\nsrtt baseline {base_ms:.3f} ms -> {cut_ms:.1f} ms under a 5 Mbit/s tbf "
+          f"(x{cut_ms / base_ms:.0f}); vs ss: " + ", ".join(f"{p:.1f}/{s:.1f}" for p, s in pairs)
+          + f"; median error {100 * statistics.median(errors):.1f}%")
+    assert len(baseline) >= 5 and len(during) >= 5 and len(pairs) >= 3
+    assert cut_ms >= 5 * base_ms
+    assert cut_ms > 20  # a full 64 KB queue at 5 Mbit/s is ~105 ms; cubic keeps it partly full
+    assert statistics.median(errors) <= 0.2
+    assert sum(e <= 0.2 for e in errors) >= len(errors) / 2

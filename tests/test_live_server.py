@@ -1,0 +1,395 @@
+"""Live server on loopback, no root: OpenAI compatibility, errors, /hint, /metrics, per-connection pacing.
+
+The kernel side is replaced by telemetry sources that report what a test wants for the cookies
+the server registered, so the control loop runs exactly as it would on eBPF samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from live.engine import TextGenerator
+from live.pacing import PacingLoop
+from live.server import LiveConfig, running_server
+from live.source import FakeTelemetry, SocketStats
+from scenarios.schema import ServerSpec
+from sim.node import CREDIT_CAP_TOKENS
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.timeout(60)
+FAST = ServerSpec(d0_s=0.005, d1_s=1e-5)
+
+
+def run(coro: Any, timeout: float = 45.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def config(**kw: Any) -> LiveConfig:
+    kw.setdefault("server", FAST)
+    kw.setdefault("control_interval_s", 0.05)
+    return LiveConfig(port=0, **kw)
+
+
+def chat_body(n: int, **kw: Any) -> dict[str, Any]:
+    return {"model": "tokenpace-engine", "messages": [{"role": "user", "content": "hello there"}], "stream": True,
+            "max_tokens": n, **kw}
+
+
+async def sse_tokens(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> tuple[list[float], list[str]]:
+    """Arrival time and text of every token event of one streamed response."""
+    times: list[float] = []
+    texts: list[str] = []
+    async with session.post(url + "/v1/chat/completions", json=body, headers=headers or {}) as r:
+        assert r.status == 200, await r.text()
+        buf = b""
+        async for chunk in r.content.iter_any():
+            now = time.monotonic()
+            buf += chunk
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                data = ev.removeprefix(b"data: ")
+                if data == b"[DONE]":
+                    return times, texts
+                obj = json.loads(data)
+                for ch in obj["choices"]:
+                    if ch["delta"].get("content"):
+                        times.append(now)
+                        texts.append(ch["delta"]["content"])
+    return times, texts
+
+
+class CookieTelemetry(FakeTelemetry):
+    """Reports ``stats_for(stream)`` for the socket of every registered stream it returns one for."""
+
+    def __init__(self, stats_for: Any) -> None:
+        super().__init__()
+        self.stats_for = stats_for
+        self.pacing: PacingLoop | None = None
+
+    def poll(self) -> dict[int, SocketStats]:
+        if self.pacing is not None:
+            for s in list(self.pacing.streams.values()):
+                if s.conn is not None and s.conn.cookie is not None:
+                    st = self.stats_for(s)
+                    if st is not None:
+                        self.push(st)
+        return super().poll()
+
+
+def bad_link(cookie: int) -> SocketStats:
+    return SocketStats(cookie=cookie, srtt_us=800_000, rtt_min_us=700_000, rtt_max_us=950_000, rtt_p95_us=900_000,
+                       retrans=10, cwnd_pkts=2, ssthresh_pkts=2, snd_wnd_bytes=65535, inflight_bytes=3000,
+                       acked_bytes=0, samples=5)
+
+
+# --------------------------------------------------------------------------- OpenAI compatibility
+def test_openai_client_streams_a_chat_completion() -> None:
+    async def main() -> None:
+        async with running_server(config()) as srv:
+            def call() -> tuple[str, list[Any]]:
+                client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+                stream = client.chat.completions.create(
+                    model="tokenpace-engine", messages=[{"role": "user", "content": "Tell me a story"}],
+                    stream=True, max_tokens=12, stream_options={"include_usage": True},
+                    extra_headers={"x-tokenpace-stream-id": "oa-1"})
+                chunks = list(stream)
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                return text, chunks
+
+            text, chunks = await asyncio.to_thread(call)
+            words = TextGenerator(srv.state.config.seed, "oa-1")
+            assert text == "".join(words.next() for _ in range(12))  # deterministic pseudo-text
+            token_chunks = [c for c in chunks if c.choices]
+            assert len(token_chunks) == 12  # one SSE event per token
+            assert token_chunks[0].choices[0].delta.role == "assistant"
+            assert token_chunks[-1].choices[0].finish_reason == "length"
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+            assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+    run(main())
+
+
+def test_openai_client_non_streaming_and_legacy_completions() -> None:
+    async def main() -> None:
+        async with running_server(config()) as srv:
+            def call() -> tuple[Any, str, Any]:
+                client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+                full = client.chat.completions.create(
+                    model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=7)
+                streamed = "".join(c.choices[0].text for c in client.completions.create(
+                    model="m1", prompt="Once upon a time", max_tokens=5, stream=True) if c.choices)
+                legacy = client.completions.create(model="m1", prompt="Once", max_tokens=4)
+                return full, streamed, legacy
+
+            full, streamed, legacy = await asyncio.to_thread(call)
+            assert full.object == "chat.completion" and full.model == "m1"
+            assert full.choices[0].message.role == "assistant"
+            assert len(full.choices[0].message.content.split()) >= 6
+            assert full.usage.completion_tokens == 7 and full.choices[0].finish_reason == "length"
+            assert len(streamed.split()) >= 4
+            assert legacy.object == "text_completion" and legacy.usage.completion_tokens == 4
+
+    run(main())
+
+
+def test_bad_requests_get_openai_shaped_errors() -> None:
+    async def main() -> None:
+        async with running_server(config()) as srv:
+            def official() -> Any:
+                client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+                with pytest.raises(openai.BadRequestError) as info:
+                    client.chat.completions.create(model="m", messages=[], max_tokens=3)
+                return info.value
+
+            err = await asyncio.to_thread(official)
+            assert err.status_code == 400 and err.body["param"] == "messages"
+            cases = [
+                (b"{not json", 400, None),
+                (json.dumps({"model": "m"}).encode(), 400, "messages"),
+                (json.dumps(chat_body(0)).encode(), 400, "max_tokens"),
+                (json.dumps({**chat_body(3), "stream": False, "stream_options": {"include_usage": True}}).encode(),
+                 400, "stream_options"),
+                (json.dumps({**chat_body(3), "n": 2}).encode(), 400, "n"),
+                (json.dumps({**chat_body(3), "stream": "yes"}).encode(), 400, "stream"),
+                (json.dumps({k: v for k, v in chat_body(3).items() if k != "model"}).encode(), 400, "model"),
+                (json.dumps({**chat_body(3), "tokenpace": {"reading_tps": -1}}).encode(), 400,
+                 "tokenpace.reading_tps"),
+            ]
+            async with aiohttp.ClientSession() as s:
+                for raw, status, param in cases:
+                    async with s.post(srv.url + "/v1/chat/completions", data=raw,
+                                      headers={"Content-Type": "application/json"}) as r:
+                        body = await r.json()
+                        assert r.status == status, body
+                        assert set(body["error"]) == {"message", "type", "param", "code"}
+                        assert body["error"]["type"] == "invalid_request_error"
+                        assert body["error"]["param"] == param
+                async with s.post(srv.url + "/v1/chat/completions", json=chat_body(3),
+                                  headers={"x-reading-tps": "fast"}) as r:
+                    assert r.status == 400 and (await r.json())["error"]["param"] == "x-reading-tps"
+                async with s.post(srv.url + "/v1/completions", json={"model": "m", "prompt": 3}) as r:
+                    assert r.status == 400 and (await r.json())["error"]["param"] == "prompt"
+                async with s.get(srv.url + "/v1/nothing-here") as r:
+                    assert r.status == 404 and "error" in await r.json()
+                async with s.get(srv.url + "/v1/chat/completions") as r:
+                    assert r.status == 405 and "error" in await r.json()
+                async with s.get(srv.url + "/hint", params={"stream": "nope"}) as r:
+                    assert r.status == 404 and (await r.json())["error"]["code"] == "stream_not_found"
+
+    run(main())
+
+
+def test_config_rejects_unknown_and_sim_only_controllers() -> None:
+    with pytest.raises(ValueError, match="unknown controller"):
+        LiveConfig(controller="no-such-thing")
+    with pytest.raises(ValueError, match="sim only"):
+        LiveConfig(controller="oracle")
+    with pytest.raises(ValueError, match="controller_params"):
+        LiveConfig(controller="fixed", controller_params={"rate_tps": -1})
+    cfg = LiveConfig.from_scenario("steady-broadband", "fixed", port=0)
+    assert cfg.server.d0_s == 0.02 and cfg.control_interval_s == 0.1 and cfg.scenario["name"] == "steady-broadband"
+    assert 5 <= cfg.default_reading_tps <= 15 and cfg.host == "127.0.0.1"
+
+
+def test_telemetry_factory_gets_the_bound_port() -> None:
+    made: list[int] = []
+
+    def factory(port: int) -> FakeTelemetry:
+        made.append(port)
+        return FakeTelemetry()
+
+    async def main() -> tuple[int, Any]:
+        async with running_server(config(), factory) as srv:
+            await asyncio.sleep(0.15)
+            return srv.port, srv.state.source
+
+    port, source = run(main())
+    assert made == [port] and port > 0 and source.started and source.polls >= 2 and source.closed
+
+
+# --------------------------------------------------------------------------- /hint, /metrics, /healthz
+def test_hint_metrics_healthz_and_models() -> None:
+    async def main() -> None:
+        cfg = config(controller="fixed", controller_params={"rate_tps": 20})
+        async with running_server(cfg) as srv, aiohttp.ClientSession() as s:
+            task = asyncio.create_task(sse_tokens(s, srv.url, chat_body(16), {"x-tokenpace-stream-id": "h1"}))
+            await asyncio.sleep(0.3)
+            async with s.get(srv.url + "/hint") as r:
+                host = await r.json()
+            async with s.get(srv.url + "/hint", params={"stream": "h1"}) as r:
+                one = await r.json()
+            async with s.get(srv.url + "/metrics") as r:
+                assert r.status == 200 and r.content_type == "text/plain"
+                metrics = await r.text()
+            times, _ = await task
+            async with s.get(srv.url + "/healthz") as r:
+                health = await r.json()
+            async with s.get(srv.url + "/v1/models") as r:
+                models = await r.json()
+            async with s.get(srv.url + "/metrics") as r:
+                after = await r.text()
+        assert set(host) >= {"token_rate", "sleep_seconds", "health"}
+        assert host["token_rate"] == pytest.approx(20) and host["sleep_seconds"] == pytest.approx(0.05)
+        assert 0 <= host["health"] <= 1 and host["streams"] == 1
+        assert one["stream"] == "h1" and one["token_rate"] == pytest.approx(20) and one["cookie"] is not None
+        assert one["sleep_seconds"] == pytest.approx(0.05) and one["health"] == 1.0
+        assert "tokenpace_active_streams 1.0" in metrics
+        assert "tokenpace_decided_rate_tps_bucket" in metrics and "tokenpace_srtt_seconds_bucket" in metrics
+        assert "tokenpace_tokens_generated_total" in after and "tokenpace_tokens_sent_total 16.0" in after
+        assert 'tokenpace_streams_total{outcome="completed"} 1.0' in after
+        assert health["status"] == "ok" and health["controller"] == "fixed" and health["mode"] == "engine"
+        assert health["engine"]["steps"] >= 16
+        assert models["object"] == "list" and models["data"][0]["id"] == "tokenpace-engine"
+        assert len(times) == 16
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- pacing
+def released_within(times: list[float], rate: float) -> float:
+    """Largest excess of tokens over ``rate * window`` for any window of consecutive arrivals."""
+    worst = 0.0
+    for i in range(len(times)):
+        for j in range(i + 1, len(times)):
+            worst = max(worst, (j - i) - rate * (times[j] - times[i]))
+    return worst
+
+
+def test_per_connection_pacing_follows_each_sockets_telemetry() -> None:
+    """ewma on two concurrent streams: the one whose socket reports 800 ms RTT and retransmits is
+    held at min_tps, the other runs at max_tps. The rate reaches the client: tokens arrive no faster."""
+    params = {"min_tps": 20.0, "max_tps": 120.0, "alpha": 1.0}
+    tel = CookieTelemetry(lambda s: bad_link(s.conn.cookie) if s.stream_id.startswith("bad") else None)
+
+    async def main() -> tuple[Any, ...]:
+        async with running_server(config(controller="ewma", controller_params=params), tel) as srv:
+            tel.pacing = srv.state.pacing
+            async with aiohttp.ClientSession() as s:
+                bad, good = await asyncio.gather(
+                    sse_tokens(s, srv.url, chat_body(40), {"x-tokenpace-stream-id": "bad-1", "x-reading-tps": "9"}),
+                    sse_tokens(s, srv.url, chat_body(120), {"x-tokenpace-stream-id": "good-1"}))
+            return bad[0], good[0], srv.state.pacing.get("bad-1"), srv.state.pacing.get("good-1")
+
+    bad_t, good_t, bad_s, good_s = run(main())
+    assert len(bad_t) == 40 and len(good_t) == 120
+    # the bad socket's samples reached its controller (cookie -> stream), not the other one's
+    assert bad_s.last_obs.srtt_ms == pytest.approx(800) and bad_s.last_obs.retrans == 10
+    assert bad_s.last_obs.rtt_p95_ms == pytest.approx(900) and bad_s.last_obs.reading_tps == 9
+    assert bad_s.rate_tps == pytest.approx(20) and good_s.rate_tps == pytest.approx(120)
+    assert good_s.last_obs is None or good_s.last_obs.srtt_ms is None
+    # after the first decision (<= one interval), no window of bad-1's arrivals beats 20 tok/s
+    steady = [t for t in bad_t if t >= bad_t[0] + 0.1]
+    assert released_within(steady, 20.0) <= CREDIT_CAP_TOKENS + 1
+    bad_rate = (len(steady) - 1) / (steady[-1] - steady[0])
+    good_rate = (len(good_t) - 1) / (good_t[-1] - good_t[0])
+    assert bad_rate == pytest.approx(20, rel=0.1)
+    assert good_rate > 3 * bad_rate
+
+
+def test_fixed_rate_reaches_the_client() -> None:
+    async def main() -> list[float]:
+        cfg = config(controller="fixed", controller_params={"rate_tps": 25})
+        async with running_server(cfg) as srv, aiohttp.ClientSession() as s:
+            times, _ = await sse_tokens(s, srv.url, chat_body(50))
+        return times
+
+    times = run(main())
+    steady = [t for t in times if t >= times[0] + 0.1]
+    rate = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert rate == pytest.approx(25, rel=0.05)
+    assert released_within(steady, 25.0) <= CREDIT_CAP_TOKENS + 1
+
+
+def test_writes_apply_tcp_backpressure() -> None:
+    """A client that stops reading: tokens wait in the server (counted in queued_bytes), never in the
+    transport's user-space buffer beyond one event; the kernel's socket buffers are all that fills."""
+    import socket
+
+    async def main() -> tuple[int, int, int, int, int]:
+        cfg = config(server=ServerSpec(d0_s=0.001, d1_s=0.0))
+        loop = asyncio.get_running_loop()
+        async with running_server(cfg) as srv:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", srv.port))
+            body = json.dumps(chat_body(20000, tokenpace={"stream_id": "slow"})).encode()
+            req = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            await loop.sock_sendall(sock, req)
+            while srv.state.pacing.get("slow") is None:
+                await asyncio.sleep(0.001)
+            ps = srv.state.pacing.get("slow")
+            # a fixed, small send buffer (no autotuning) so the kernel fills within the test
+            ps.conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            await asyncio.sleep(0.3)
+            written0 = ps.written_bytes
+            worst_user_buffer = 0
+            for _ in range(50):  # 1 s without reading a byte
+                await asyncio.sleep(0.02)
+                worst_user_buffer = max(worst_user_buffer, ps.conn.transport.get_write_buffer_size())
+            obs = ps.observe(time.monotonic(), None)
+            result = (ps.generated, ps.sent, ps.written_bytes - written0, worst_user_buffer, obs.queued_bytes)
+            sock.close()
+            return result
+
+    generated, sent, written_late, user_buf, queued = run(main())
+    assert generated > 800  # the engine kept going (unpaced, ~1000 tok/s)
+    assert sent < generated - 500  # ... but the socket stopped taking them
+    assert written_late < 20_000  # nothing more went into the full kernel buffers
+    assert user_buf <= 400  # at most one SSE event (~200 B plus chunk framing) outside the kernel
+    assert queued > 500 * 180  # the held tokens count as queued (written by the app, not acked)
+
+
+def test_byte_accounting_is_exact_across_keep_alive_responses() -> None:
+    """Two streamed responses on one connection: the server's per-token end offsets are exactly where
+    each token's chunk ends in the bytes the client received (headers and chunk framing included), so
+    acked bytes from the kernel map to tokens without error."""
+    import socket
+
+    async def main() -> tuple[list[bytes], list[Any], Any]:
+        loop = asyncio.get_running_loop()
+        async with running_server(config()) as srv:
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", srv.port))
+            raws: list[bytes] = []
+            for k in range(2):
+                body = json.dumps(chat_body(7 + k, tokenpace={"stream_id": f"ka{k}"})).encode()
+                await loop.sock_sendall(sock, (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                               f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+                                               f"\r\n\r\n").encode() + body)
+                raw = b""
+                while not raw.endswith(b"0\r\n\r\n"):
+                    raw += await loop.sock_recv(sock, 65536)
+                raws.append(raw)
+            await asyncio.sleep(0.1)
+            streams = [srv.state.pacing.get(f"ka{k}") for k in range(2)]
+            conn = streams[0].conn
+            sock.close()
+            return raws, streams, conn
+
+    raws, streams, conn = run(main())
+    assert streams[0].conn is streams[1].conn and conn.written == len(raws[0]) + len(raws[1])
+    assert streams[1].base == len(raws[0])
+    for raw, ps in zip(raws, streams, strict=True):
+        assert ps.written_bytes == len(raw)
+        ends, pos = [], 0
+        for _ in range(ps.generated):  # each token event is one chunk: "<hex>\r\ndata: {...}\n\n\r\n"
+            pos = raw.index(b"\n\n\r\n", raw.index(b"data: {", pos)) + 4
+            ends.append(pos)
+        assert ps.token_end == ends
+    # what the kernel would report: the first response and 3 bytes short of token 4 of the second
+    ps = streams[1]
+    conn.acked = len(raws[0]) + ps.token_end[4] - 3
+    assert ps.update_acks(1.0) == 4
+    conn.acked = len(raws[0]) + ps.token_end[4]
+    assert ps.update_acks(2.0) == 5 and ps.t_acked == [1.0] * 4 + [2.0]
