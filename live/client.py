@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from live.recorder import ClientRecorder, boot_id, merge_live_run, write_run_json
+from live.sse import event_data, is_token_event, split_sse
 from sim.client import ABANDONED, CANCELLED, COMPLETED, READING, Reader
 from sim.workload import Request, draw_requests
 
@@ -155,35 +156,13 @@ async def _server_clock(session: aiohttp.ClientSession, base: str) -> tuple[dict
     return health, server_now - (t_send + t_recv) / 2 - t0
 
 
-def _split_events(buf: bytearray) -> list[bytes]:
-    if b"\r" in buf:
-        buf[:] = buf.replace(b"\r\n", b"\n")
-    out: list[bytes] = []
-    while True:
-        end = buf.find(b"\n\n")
-        if end < 0:
-            return out
-        out.append(bytes(buf[:end]))
-        del buf[: end + 2]
-
-
 def _token_count(event: bytes) -> int | None:
     """1 if the event carries text, 0 if not, None for [DONE]."""
-    data = b"\n".join(ln[5:].lstrip(b" ") for ln in event.split(b"\n") if ln.startswith(b"data:"))
-    if not data:
+    data = event_data(event)
+    if data is None:
         return 0
-    if data.strip() == b"[DONE]":
-        return None
-    # quick path: our server's and vLLM's chunks; parse only when the text is ambiguous
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return 0
-    for choice in obj.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if (isinstance(delta, dict) and delta.get("content")) or (isinstance(choice, dict) and choice.get("text")):
-            return 1
-    return 0
+    kind = is_token_event(data)
+    return None if kind is None else int(kind)
 
 
 # --------------------------------------------------------------------------- the load
@@ -283,7 +262,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
                         count = 0
                         async for chunk in resp.content.iter_any():
                             buf += chunk
-                            for ev in _split_events(buf):
+                            for ev in split_sse(buf):
                                 k = _token_count(ev)
                                 if k is None:
                                     done = True

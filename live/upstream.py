@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from live.pacing import apply_backpressure, chunked_wire_size, write_token
+from live.sse import event_data, is_token_event, split_sse
 from sim.node import Sequence
 
 if TYPE_CHECKING:
@@ -37,47 +37,6 @@ __all__ = ["UpstreamProxy", "is_token_event", "split_sse"]
 
 log = logging.getLogger("tokenpace.live")
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
-
-
-def is_token_event(data: bytes) -> bool | None:
-    """True for an event carrying text, False for other JSON events, None for ``[DONE]``."""
-    text = data.strip()
-    if text == b"[DONE]":
-        return None
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return False
-    if not isinstance(obj, dict):
-        return False
-    for choice in obj.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and delta.get("content"):
-            return True
-        if choice.get("text"):
-            return True
-    return False
-
-
-def split_sse(buffer: bytearray) -> list[bytes]:
-    """Take every complete event (up to a blank line) out of ``buffer``; CRLFs become LFs."""
-    if b"\r" in buffer:
-        buffer[:] = buffer.replace(b"\r\n", b"\n")
-    events: list[bytes] = []
-    while True:
-        end = buffer.find(b"\n\n")
-        if end < 0:
-            return events
-        events.append(bytes(buffer[: end + 2]))
-        del buffer[: end + 2]
-
-
-def _event_data(event: bytes) -> bytes | None:
-    lines = [ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None for ln in event.split(b"\n")]
-    data = [d for d in lines if d is not None]
-    return b"\n".join(data) if data else None
 
 
 class UpstreamProxy:
@@ -178,7 +137,7 @@ class UpstreamProxy:
                 async for chunk in up.content.iter_any():
                     buf += chunk
                     for ev in split_sse(buf):
-                        data = _event_data(ev)
+                        data = event_data(ev)
                         if data is None:
                             continue  # comments, keep-alives
                         kind = is_token_event(data)

@@ -90,14 +90,17 @@ class Bernoulli(_Model):
     p: float = Field(ge=0, le=1)
 
 
-class GilbertElliott(_Model):
+class _GilbertElliottParams(_Model):
     """netem's gemodel: p = P(good->bad), r = P(bad->good), loss_bad = 1-h, loss_good = 1-k (per packet)."""
 
-    kind: Literal["gilbert_elliott"]
     p: float = Field(ge=0, le=1)
     r: float = Field(gt=0, le=1)
     loss_bad: float = Field(1.0, ge=0, le=1)
     loss_good: float = Field(0.0, ge=0, le=1)
+
+
+class GilbertElliott(_GilbertElliottParams):
+    kind: Literal["gilbert_elliott"]
 
 
 Loss = Annotated[Bernoulli | GilbertElliott, Field(discriminator="kind")]
@@ -166,12 +169,8 @@ class LossFault(_Fault):
     p: float = Field(gt=0, le=1)
 
 
-class GilbertElliottFault(_Fault):
+class GilbertElliottFault(_Fault, _GilbertElliottParams):
     kind: Literal["gilbert_elliott"]
-    p: float = Field(ge=0, le=1)
-    r: float = Field(gt=0, le=1)
-    loss_bad: float = Field(1.0, ge=0, le=1)
-    loss_good: float = Field(0.0, ge=0, le=1)
 
 
 class RateFault(_Fault):
