@@ -2,8 +2,9 @@
 
 It reads the folder (run.json and each controller's CSV files), recomputes summary.json from
 the raw files, draws the plots into DIR/plots/, writes DIR/report.html, prints the comparison
-table and the report's path. ``python -m analysis report DIR`` is the same thing spelled out;
-other subcommands (``compare``, ``train``) will sit beside ``report``.
+table and the report's path. ``python -m analysis report DIR`` is the same thing spelled out.
+``python -m analysis compare SIM_DIR LIVE_DIR`` measures the simulator's fidelity against a lab
+run of the same scenario (:mod:`analysis.compare`); other subcommands (``train``) will sit beside.
 
 Bad input — a missing folder or file, a CSV with a missing column or a cell that is not a
 number — ends with exit code 2 and one line naming the file (and column), never a traceback.
@@ -24,7 +25,7 @@ __all__ = ["DEFAULT_COMMAND", "SUBCOMMANDS", "build_parser", "main"]
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_COMMAND = "report"
 #: a first argument that is none of these is a results folder for the default command.
-SUBCOMMANDS: tuple[str, ...] = ("report",)
+SUBCOMMANDS: tuple[str, ...] = ("report", "compare")
 PROGRESS_MIN_CONTROLLERS = 3  # show a progress bar while plotting from this many controllers
 
 
@@ -47,6 +48,35 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=_cmd_report)
 
 
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="simulator fidelity: compare a simulated results folder with a lab one",
+        description="For every controller in both folders compare TTFT, ITL, stall, waste and effective "
+        "throughput (sim value, lab value, absolute percentage error; median APE per metric), check "
+        "that both rank the controllers alike by qoe_mean (same best, Kendall tau), draw srtt/rate "
+        "trajectories per controller and write fidelity.json (into LIVE_DIR unless --out is given).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            APE = |lab - sim| / |sim|; when sim is 0 the absolute error is reported instead and the
+            entry is flagged sim_zero (never a division by zero). See analysis/compare.py.
+            exit codes: 0 done; 2 bad input (missing or malformed results files, named on stderr);
+            1 internal error (rerun with --debug for the traceback)."""),
+    )
+    p.add_argument("sim_dir", type=Path, metavar="SIM_DIR", help="results folder of the simulated run")
+    p.add_argument("live_dir", type=Path, metavar="LIVE_DIR", help="results folder of the lab (live) run")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="folder for fidelity.json and plots/fidelity_*.png (default: LIVE_DIR)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the trajectory plots (telemetry.csv not needed)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    p.set_defaults(func=_cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis",
@@ -56,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             usage forms:
               python -m analysis DIR [--no-plots]          same as: python -m analysis report DIR
               python -m analysis report DIR [--no-plots]
+              python -m analysis compare SIM_DIR LIVE_DIR [--out DIR] [--no-plots]
 
             DIR holds run.json and one folder per controller with streams.csv and tokens.csv
             (plus telemetry.csv, server.csv, request_traces.csv, events.csv, links.csv when
@@ -64,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_report(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -110,6 +142,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out.print(format_table(summary, controller_labels=labels))
     out.print(f"summary: {run.path / 'summary.json'}", highlight=False, soft_wrap=True)
     out.print(f"report: {report}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from analysis.compare import compare_runs, fidelity_tables
+
+    result, path = compare_runs(args.sim_dir, args.live_dir, out_dir=args.out, plots=not args.no_plots)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)
+    for renderable in fidelity_tables(result):
+        out.print(renderable)
+    out_dir = path.parent
+    for name in result["plots"].values():
+        out.print(f"plot: {out_dir / name}", highlight=False, soft_wrap=True)
+    out.print(f"fidelity: {path}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

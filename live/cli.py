@@ -5,6 +5,7 @@
     python -m live doctor                       can live mode run here? (and the fix for each check)
     python -m live cleanup --iface IFACE        remove qdiscs/rules a killed run left behind
     python -m live client URL --streams N       load client with the scenario's readers
+    python -m live lab SCENARIO --out DIR       run a scenario for real in two namespaces, every controller
 
 The server binds 127.0.0.1 unless --host says otherwise. Faults are played on IFACE's egress
 (netem where the kernel has it, tbf + nftables otherwise) and always removed on exit.
@@ -22,7 +23,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 EXIT_BAD_INPUT = 2
-SUBCOMMANDS = ("doctor", "cleanup", "client")
+SUBCOMMANDS = ("doctor", "cleanup", "client", "lab")
 
 
 def parse_fault_spec(spec: str) -> dict[str, Any]:
@@ -178,4 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cleanup(argv[1:])
     if argv[:1] == ["client"]:
         return _client(argv[1:])
+    if argv[:1] == ["lab"]:
+        from live.lab import main as lab_main
+
+        return lab_main(argv[1:])
     return _serve(argv)

@@ -1,0 +1,423 @@
+"""``python -m live lab SCENARIO --out DIR``: a scenario on a real kernel network, every controller in turn.
+
+The lab builds a private two-host network (two network namespaces joined by a veth pair,
+:func:`live.netns.veth_pair`): the paced server lives in side ``a``, the load client in side ``b``.
+For each controller the scenario lists (or ``--controllers``), it
+
+1. starts the server with that controller in ``a``, with eBPF telemetry, recording into
+   ``DIR/<controller>/``;
+2. shapes the egress of ``a``'s veth end (the downlink) like the scenario's path — its rate (or
+   rate schedule, or Mahimahi trace replayed every 100 ms), queue, loss — with its fault timeline
+   on top (:class:`live.faults.FaultPlayer`), time 0 being the moment the load starts;
+3. runs the load client in ``b`` with the scenario's arrivals, outputs and readers;
+4. stops the server and the shaping, and merges the server's and the client's halves.
+
+Then ``DIR/run.json`` says mode ``lab`` and lists every controller run, and ``DIR/summary.json``
+holds the metrics (``analysis.metrics.summarize_run``). Namespaces, qdiscs, BPF programs and child
+processes are removed afterwards, also after an error, Ctrl-C or SIGTERM.
+
+What the lab cannot reproduce is printed before it starts and recorded in run.json (``lab.notes``):
+without sch_netem (this kernel) there is no delaying qdisc, so the path's ``rtt_ms`` and delay faults
+are not applied (the RTT the controllers see is the veth's ~0.05 ms plus real queueing delay behind
+the rate limiter); a scenario with several paths runs all its streams over the one path played;
+cross traffic is not generated; sim-only controllers (``oracle``) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+__all__ = ["LabError", "main", "plan_path", "trace_schedule"]
+
+PY = sys.executable
+TRACE_BIN_S = 0.1  # trace replay: the tbf rate is updated this often
+MIN_TRACE_RATE_MBPS = 0.05  # a trace bin with no delivery opportunity: tbf cannot have rate 0
+READY_TIMEOUT_S = 90.0  # server start includes compiling the eBPF probes
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class _Interrupted(BaseException):
+    """SIGTERM / SIGINT: unwinds through every finally (processes, qdiscs, namespaces)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- the path to play
+def trace_schedule(trace_file: Path, duration_s: float, bin_s: float = TRACE_BIN_S) -> list[dict[str, float]]:
+    """A Mahimahi trace as rate-schedule points every ``bin_s`` seconds, looped to cover ``duration_s``."""
+    from scenarios.traces import load_mahimahi, rate_series_bps
+
+    series = rate_series_bps(load_mahimahi(trace_file), bin_s)
+    n = max(1, int(duration_s / bin_s) + 1)
+    points: list[dict[str, float]] = []
+    last = None
+    for i in range(n):
+        mbps = max(MIN_TRACE_RATE_MBPS, round(float(series[i % len(series)]) / 1e6, 4))
+        if mbps != last:
+            points.append({"at_s": round(i * bin_s, 6), "rate_mbps": mbps})
+            last = mbps
+    return points
+
+
+def plan_path(loaded: Any, path: str, duration_s: float, backend: str) -> tuple[Any, list[str]]:
+    """The PathSpec the fault player gets (a trace turned into a rate schedule) and what is not reproduced."""
+    scn = loaded.scenario
+    spec = scn.paths[path]
+    notes: list[str] = []
+    if spec.trace is not None:
+        points = trace_schedule(loaded.trace_path(path), duration_s)
+        notes.append(f"path {path}: trace {spec.trace} replayed as a tbf rate updated every "
+                     f"{TRACE_BIN_S * 1000:.0f} ms (bins with no delivery opportunity get "
+                     f"{MIN_TRACE_RATE_MBPS} Mbit/s; per-packet delivery timing is not kept)")
+        spec = spec.model_copy(update={"trace": None, "rate_schedule": [_rate_point(p) for p in points]})
+    if backend != "netem":
+        delays = [f for f in scn.faults_for(path) if f.kind == "delay"]
+        notes.append(f"path {path}: rtt_ms={spec.rtt_ms:g} not applied" + (f", {len(delays)} delay fault(s) skipped"
+                                                                          if delays else "")
+                     + " — no sch_netem on this kernel, so no delaying qdisc; RTT = veth (~0.05 ms) + "
+                     "queueing behind the rate limiter")
+    if len(scn.paths) > 1:
+        notes.append(f"only path {path!r} is played: streams the scenario puts on "
+                     f"{', '.join(p for p in scn.paths if p != path)} cross the same link")
+    if spec.cross_traffic is not None:
+        notes.append(f"path {path}: cross_traffic not generated by the lab")
+    if spec.cc != "cubic":
+        notes.append(f"path {path}: cc={spec.cc} not set (the server's sockets use the system default)")
+    return spec, notes
+
+
+def _rate_point(p: dict[str, float]) -> Any:
+    from scenarios.schema import RatePoint
+
+    return RatePoint(**p)
+
+
+def _lab_controllers(scn: Any, requested: str | None, log: Callable[[str], None]) -> list[str]:
+    import controllers
+
+    names = [c.strip() for c in requested.split(",") if c.strip()] if requested else list(scn.controllers)
+    out: list[str] = []
+    for name in names:
+        try:
+            info = controllers.get(name)
+        except controllers.UnknownController as exc:
+            raise LabError(str(exc)) from None
+        if info.sim_only:
+            log(f"[lab] skipping {name}: sim-only (needs knowledge only the simulator has)")
+            continue
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise LabError("no controller that can run live")
+    return out
+
+
+# --------------------------------------------------------------------------- processes
+def _wait_ready(ns_b: str, url: str, proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
+    """GET /healthz from the client's namespace until the server answers (it answers after its probes load)."""
+    from live.netns import in_netns
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise LabError(f"server exited (rc={proc.returncode}) before it was ready: {err.strip()[-1500:]}")
+        try:
+            # the socket is created inside the block, in namespace b
+            with in_netns(ns_b), urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except OSError:
+            time.sleep(0.3)
+    raise LabError(f"server at {url} not ready after {timeout_s:g} s")
+
+
+def _stop(proc: subprocess.Popen[str] | None, sig: int = signal.SIGINT, timeout_s: float = 15.0) -> None:
+    """Ask a child's process group to stop (SIGINT: the server records and merges), then insist."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5.0)
+
+
+def _tail(proc: subprocess.Popen[str]) -> str:
+    try:
+        out, err = proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError):
+        return ""
+    return ((out or "") + (err or "")).strip()
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGINT raise _Interrupted in the main thread while the lab runs."""
+    fired: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if fired:  # a second signal must not break off the cleanup the first one started
+            print(f"[lab] {signal.Signals(signum).name}: still cleaning up", file=sys.stderr, flush=True)
+            return
+        fired.append(signum)
+        raise _Interrupted(signum)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- one controller
+def _run_controller(pair: Any, *, loaded: Any, scenario_file: Path, path: str, base: Any, controller: str,
+                    out: Path, port: int, streams: int | None, time_limit_s: float, seed: int | None,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    from live.faults import FaultPlayer
+
+    url = f"http://{pair.addr_a}:{port}"
+    t_start = time.monotonic()
+    server_cmd = [PY, "-m", "live.lab", "--serve-child", "--scenario", str(scenario_file), "--controller",
+                  controller, "--host", pair.addr_a, "--port", str(port), "--record", str(out), "--iface",
+                  pair.if_a, "--duration", f"{time_limit_s + 60:g}"]
+    server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL)
+    client: subprocess.Popen[str] | None = None
+    trace_replay = base.rate_schedule is not None and len(base.rate_schedule) > 20
+
+    def player_log(msg: str) -> None:
+        if trace_replay and msg.startswith("[faults] t="):
+            return  # 10 rate changes a second: not worth a line each
+        log("      " + msg)
+
+    player = FaultPlayer(pair.if_a, loaded.scenario.faults_for(path), netns=pair.ns_a, base=base,
+                         handle_signals=False, log=player_log)
+    try:
+        health = _wait_ready(pair.ns_b, url, server, READY_TIMEOUT_S)
+        log(f"[lab]   server ready in {time.monotonic() - t_start:.1f} s ({health.get('mode')} mode, "
+            f"controller {health.get('controller')})")
+        player.start()  # t=0 of the fault timeline: the load starts now
+        client_cmd = [PY, "-m", "live", "client", url, "--scenario", str(scenario_file), "--out", str(out),
+                      "--time-limit", f"{time_limit_s:g}"]
+        if streams is not None:
+            client_cmd += ["--streams", str(streams)]
+        if seed is not None:
+            client_cmd += ["--seed", str(seed)]
+        client = pair.popen("b", client_cmd)
+        try:
+            c_out, c_err = client.communicate(timeout=time_limit_s + 60)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"load client for {controller} did not finish within {time_limit_s + 60:g} s") from None
+        if client.returncode != 0:
+            raise LabError(f"load client for {controller} failed (rc={client.returncode}): {c_err.strip()[-1500:]}")
+        load_s = player.elapsed_s()
+        shape_changes = len(player.history)
+        passed, dropped = player.dropper_counters()
+        for line in (c_out or "").strip().splitlines()[-3:]:
+            log(f"[lab]   client: {line}")
+    finally:
+        _stop(client, signal.SIGTERM)
+        _stop(server, signal.SIGINT)
+        try:
+            player.stop()
+        except Exception as exc:  # reported, but the other controllers still run
+            log(f"[lab]   fault player: {exc}")
+    if server.returncode not in (0, -signal.SIGINT, 130):
+        raise LabError(f"server for {controller} exited with rc={server.returncode}: {_tail(server)[-1500:]}")
+    return {"controller": controller, "port": port, "wall_s": round(time.monotonic() - t_start, 3),
+            "load_s": round(load_s, 3), "backend": player.backend, "shape_changes": shape_changes,
+            "dropper_passed": passed, "dropper_dropped": dropped}
+
+
+# --------------------------------------------------------------------------- the lab
+def _finish(out: Path, ran: list[str], lab_info: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
+    from analysis.metrics import summarize_run
+    from analysis.results import read_json, write_json
+    from live.recorder import merge_live_run
+
+    merge_live_run(out)
+    run_json = out / "run.json"
+    if not run_json.is_file():
+        return None
+    info = read_json(run_json)
+    info["mode"] = "lab"
+    info["controllers"] = ran
+    info["controller_info"] = {n: v for n, v in (info.get("controller_info") or {}).items() if n in ran}
+    info["controller_params"] = {n: v for n, v in (info.get("controller_params") or {}).items() if n in ran}
+    info["lab"] = lab_info
+    write_json(run_json, info)
+    if not ran:
+        return None
+    summary = summarize_run(out)
+    for name, m in summary["controllers"].items():
+        log(f"[lab] {name:>10}: streams {m.get('streams')}, completed {m.get('completed')}, "
+            f"qoe_mean {m.get('qoe_mean')}, stall_ratio {m.get('stall_ratio')}, waste_frac {m.get('waste_frac')}")
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m live lab",
+        description="Run a scenario on a private kernel network (two network namespaces joined by veth): for "
+        "each controller, the paced server with eBPF telemetry in one namespace, the scenario's path shaped "
+        "on its egress, the load client in the other. Writes DIR/run.json (mode lab), DIR/<controller>/, "
+        "DIR/summary.json. Needs root.")
+    p.add_argument("scenario", help="scenario file or built-in name")
+    p.add_argument("--out", type=Path, required=True, help="results folder (new or empty)")
+    p.add_argument("--controllers", help="comma-separated controllers (default: the scenario's)")
+    p.add_argument("--path", help="which of the scenario's paths to play (default: the first)")
+    p.add_argument("--streams", type=int, help="requests per controller (default: the scenario's)")
+    p.add_argument("--time-limit", type=float, help="seconds of load per controller (default: scenario max, <= 600)")
+    p.add_argument("--seed", type=int, help="client seed (default: the scenario's)")
+    p.add_argument("--port", type=int, default=8000, help="server port of the first controller (then +1 each)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    from scenarios import ScenarioError, load_scenario
+    from scenarios.loader import find_scenario
+
+    try:
+        loaded = load_scenario(args.scenario)
+        scenario_file = Path(find_scenario(args.scenario)).resolve()
+        scn = loaded.scenario
+        path = args.path or next(iter(scn.paths))
+        if path not in scn.paths:
+            raise LabError(f"--path {path!r} is not one of {', '.join(scn.paths)}")
+        if args.streams is not None and args.streams < 1:
+            raise LabError("--streams must be at least 1")
+        if args.time_limit is not None and args.time_limit <= 0:
+            raise LabError("--time-limit must be positive")
+        names = _lab_controllers(scn, args.controllers, log)
+        out: Path = args.out.resolve()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise LabError(f"{out} exists and is not an empty folder")
+    except (ScenarioError, LabError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if os.geteuid() != 0:
+        print("error: the lab needs root (network namespaces, tc, eBPF); see `python -m live doctor`",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from live.faults import detect_backend
+    from live.netns import veth_pair
+
+    time_limit_s = args.time_limit if args.time_limit is not None else min(scn.max_duration_s, 600.0)
+    backend = detect_backend()
+    try:
+        base, notes = plan_path(loaded, path, time_limit_s + 5, backend)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"[lab] scenario {scn.name}, path {path}, controllers {', '.join(names)}; fault backend {backend}; "
+        f"results in {out}")
+    for note in notes:
+        log(f"[lab] not reproduced: {note}")
+    lab_info: dict[str, Any] = {"path": path, "backend": backend, "notes": notes, "time_limit_s": time_limit_s,
+                                "streams": args.streams, "runs": []}
+    ran: list[str] = []
+    rc = 0
+    t0 = time.monotonic()
+    try:
+        with _signals_raise(), veth_pair() as pair:
+            lab_info.update(netns=[pair.ns_a, pair.ns_b], iface=pair.if_a, server_addr=pair.addr_a,
+                            client_addr=pair.addr_b)
+            for i, name in enumerate(names):
+                log(f"[lab] ({i + 1}/{len(names)}) {name}: server in {pair.ns_a}, load client in {pair.ns_b}")
+                try:
+                    res = _run_controller(pair, loaded=loaded, scenario_file=scenario_file, path=path, base=base,
+                                          controller=name, out=out, port=args.port + i, streams=args.streams,
+                                          time_limit_s=time_limit_s, seed=args.seed, log=log)
+                except LabError as exc:
+                    log(f"[lab] ({i + 1}/{len(names)}) {name} FAILED: {exc}")
+                    lab_info["runs"].append({"controller": name, "error": str(exc)})
+                    rc = 1
+                    continue
+                ran.append(name)
+                lab_info["runs"].append(res)
+                log(f"[lab] ({i + 1}/{len(names)}) {name} done in {res['wall_s']:.1f} s")
+    except _Interrupted as exc:
+        log(f"[lab] interrupted by {exc}: cleaned up; keeping what finished ({', '.join(ran) or 'nothing'})")
+        rc = EXIT_INTERRUPTED
+    lab_info["wall_s"] = round(time.monotonic() - t0, 3)
+    summary = _finish(out, ran, lab_info, log)
+    if summary is not None:
+        log(f"[lab] wrote {out}/run.json (mode lab) and summary.json in {lab_info['wall_s']:.1f} s "
+            f"(plots: python -m analysis {out})")
+    return rc
+
+
+# --------------------------------------------------------------------------- the server child
+def _serve_child(argv: list[str]) -> int:
+    """The server of one lab run (started by the lab inside namespace a): ``python -m live`` without
+    its own fault player — the lab shapes the interface — stopping cleanly on SIGINT/SIGTERM."""
+    p = argparse.ArgumentParser(prog="python -m live.lab --serve-child")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--controller", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--record", type=Path, required=True)
+    p.add_argument("--iface")
+    p.add_argument("--duration", type=float)
+    args = p.parse_args(argv)
+    import logging
+
+    from live.server import LiveConfig, serve
+    from live.telemetry import BccTelemetry
+    from scenarios import load_scenario
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = LiveConfig.from_scenario(load_scenario(args.scenario), args.controller, host=args.host, port=args.port,
+                                      record_dir=args.record, duration_s=args.duration, iface=args.iface,
+                                      fault="lab")
+
+    def telemetry(port: int) -> BccTelemetry:
+        return BccTelemetry(ports=[port], interval_s=config.control_interval_s)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(serve(config, telemetry))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve-child"]:
+        raise SystemExit(_serve_child(sys.argv[2:]))
+    raise SystemExit(main(sys.argv[1:]))
