@@ -98,6 +98,12 @@ class _GilbertElliottParams(_Model):
     loss_bad: float = Field(1.0, ge=0, le=1)
     loss_good: float = Field(0.0, ge=0, le=1)
 
+    @property
+    def mean_loss(self) -> float:
+        """Long-run loss probability: the chain's stationary share of Bad, p / (p + r)."""
+        bad = self.p / (self.p + self.r)  # r > 0, so never 0/0
+        return bad * self.loss_bad + (1 - bad) * self.loss_good
+
 
 class GilbertElliott(_GilbertElliottParams):
     kind: Literal["gilbert_elliott"]

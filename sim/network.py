@@ -83,8 +83,9 @@ def default_queue_bytes(spec: PathSpec, base_dir: Path) -> int:
     return int(max(MIN_QUEUE_BYTES, bdp))
 
 
-def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, base_dir: Path,
-               rng: np.random.Generator) -> PathRuntime:
+def faulted_capacity(spec: PathSpec, faults: list, base_dir: Path) -> Capacity:
+    """The path's capacity with its rate and outage faults laid over it (a fresh object: capacity
+    models keep a cursor, so the link and anyone reading ahead must not share one)."""
     capacity = base_capacity(spec, base_dir)
     windows = [
         RateWindow(f.at_s, f.end_s, factor=f.factor, rate_bps=None if f.rate_mbps is None else f.rate_mbps * 1e6,
@@ -94,8 +95,12 @@ def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, 
         for f in faults
         if isinstance(f, RateFault | OutageFault)
     ]
-    if windows:
-        capacity = FaultedCapacity(capacity, windows)
+    return FaultedCapacity(capacity, windows) if windows else capacity
+
+
+def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, base_dir: Path,
+               rng: np.random.Generator) -> PathRuntime:
+    capacity = faulted_capacity(spec, faults, base_dir)
     loss: LossModel | None = None if spec.loss is None else _loss_model(spec.loss, rng)
     loss_windows = [(f.at_s, f.end_s, _loss_model(f, rng))
                     for f in faults if isinstance(f, LossFault | GilbertElliottFault)]

@@ -11,33 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
-from scenarios.schema import GilbertElliott, GilbertElliottFault, LossFault, OutageFault, PathSpec, RateFault
-from sim.link import FaultedCapacity, RateWindow
-from sim.network import base_capacity
+from scenarios.schema import GilbertElliott, GilbertElliottFault, LossFault, PathSpec
+from sim.network import faulted_capacity
 from sim.workload import Request
 
 GRID_S = 0.1
 
 
 def capacity_grid_bps(spec: PathSpec, faults: list, base_dir: Path, horizon_s: float) -> np.ndarray:
-    cap = base_capacity(spec, base_dir)
-    windows = [
-        RateWindow(f.at_s, f.end_s, factor=f.factor, rate_bps=None if f.rate_mbps is None else f.rate_mbps * 1e6,
-                   outage=False) if isinstance(f, RateFault) else RateWindow(f.at_s, f.end_s, None, None, True)
-        for f in faults if isinstance(f, RateFault | OutageFault)
-    ]
-    if windows:
-        cap = FaultedCapacity(cap, windows)
+    cap = faulted_capacity(spec, faults, base_dir)
     n = int(np.ceil(horizon_s / GRID_S)) + 1
     return np.array([cap.rate_bps_at((i + 0.5) * GRID_S) for i in range(n)])
 
 
 def _mean_loss(m: object) -> float:
     if isinstance(m, GilbertElliott | GilbertElliottFault):
-        if m.p + m.r == 0:
-            return m.loss_good
-        bad = m.p / (m.p + m.r)
-        return bad * m.loss_bad + (1 - bad) * m.loss_good
+        return m.mean_loss
     return float(getattr(m, "p", 0.0))
 
 

@@ -21,7 +21,7 @@ import controllers
 from analysis.metrics import summarize_run
 from analysis.results import write_json
 from scenarios import LoadedScenario, ScenarioError, load_scenario
-from sim.workload import draw_requests
+from sim.workload import Request, draw_requests
 from sim.world import RunStats, run_controller
 
 
@@ -86,9 +86,8 @@ def write_run_json(plan: Plan) -> None:
     })
 
 
-def _run_one(plan: Plan, name: str, report: Any = None) -> RunStats:
+def _run_one(plan: Plan, name: str, requests: list[Request], report: Any = None) -> RunStats:
     """One controller's run; ``report(name, sim_now)`` (a queue's put in workers) feeds the bar."""
-    requests = draw_requests(plan.loaded.scenario, plan.loaded.base_dir, plan.seed)
     progress = None if report is None else (lambda now: report((name, now)))
     stats = run_controller(plan.loaded, requests, name, plan.controllers[name], plan.out / name, plan.seed, progress)
     if report is not None:
@@ -108,10 +107,10 @@ def run_plan(plan: Plan, jobs: int = 1, show_progress: bool = True) -> tuple[dic
     parallel = jobs > 1 and len(names) > 1
     with RunProgress(names, horizon, enabled=show_progress, cross_process=parallel) as bar:
         if not parallel:
-            stats = [_run_one(plan, name, bar.report) for name in names]
+            stats = [_run_one(plan, name, requests, bar.report) for name in names]
         else:
             with ProcessPoolExecutor(max_workers=min(jobs, len(names))) as pool:
-                futures = [pool.submit(_run_one, plan, name, bar.report) for name in names]
+                futures = [pool.submit(_run_one, plan, name, requests, bar.report) for name in names]
                 while not all(f.done() for f in futures):
                     bar.drain(timeout_s=0.2)
                 stats = [f.result() for f in futures]

@@ -9,7 +9,6 @@ layout of DESIGN.md as it happens (a stream's rows shortly after it ends).
 from __future__ import annotations
 
 import gc
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -159,7 +158,3 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
         events = next(env._eid)  # SimPy keeps the event count only here
     packets = sum(p.link.sent_pkts for p in paths.values())
     return end_s, events, packets, sum(q.generated for q in node.all_seqs)
-
-
-def nan_to_none(x: float) -> float | None:
-    return None if math.isnan(x) else x
