@@ -70,7 +70,13 @@ class SimStream:
                              bytes_per_token=bytes_per_token)
         self.conn.on_delivered = self.reader.on_bytes  # in-order bytes go straight to the reader
         self.seq = Sequence(req.stream_id, req.arrival_s, req.prompt_tokens, n, self._on_token)
-        node.submit(self.seq)
+        # The client connects at its arrival; the request reaches the node with the handshake's last
+        # ACK, and that is the node's arrival time (as in live mode, where the HTTP handler submits it).
+        def request_arrived() -> None:
+            self.seq.arrival_s = env.now
+            node.submit(self.seq)
+
+        self.conn.connect(request_arrived)
 
     # ------------------------------------------------------------------ byte stream callbacks
     def _on_token(self, t_s: float, idx: int) -> None:

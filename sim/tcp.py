@@ -8,15 +8,24 @@ cumulative ACKs that also say which out-of-order segment just arrived (the SACK 
 carried back over an uncongested reverse path.
 
 The sender is a compact Linux-flavoured TCP:
+- connection set-up: `connect()` plays the three-way handshake over the path (the SYN-ACK queues on
+  the downlink and may be lost); its round trip seeds srtt and the RTO, as Linux's does;
 - congestion control: slow start, then Reno (AIMD, beta 0.5) or CUBIC (RFC 9438, beta 0.7);
-- loss recovery: a SACK scoreboard (RFC 6675). A segment is lost once three segments above it
-  have been SACKed (the link never reorders, so this is exact); every lost segment is
-  retransmitted once per recovery before new data, within `pipe < cwnd` -- the first one at once
-  (fast retransmit), whatever the pipe, as RFC 6675 and Linux's PRR do. New data keeps flowing
-  on the first duplicate ACKs because SACKed segments leave the pipe -- that is limited transmit
-  (RFC 3042), which lets small windows reach the three SACKs fast retransmit needs. One
-  multiplicative decrease per recovery episode; cwnd = ssthresh for its duration (RFC 6675; Linux
-  would use PRR to get there gradually);
+- loss detection: RACK (RFC 8985, Linux's defaults). Once a segment sent later is known delivered,
+  an outstanding one is lost when ``sent + rack_rtt + reo_wnd`` has passed, reo_wnd being min_rtt/4
+  while open with fewer than three SACKed segments and 0 otherwise (no reordering is ever seen
+  here). A thin stream -- a token per segment -- thus repairs a loss as soon as the next token's
+  SACK returns. The RFC 6675 DupThresh rule (three SACKs above a hole) stays, as in Linux. A lost
+  retransmission is found the same way (a segment sent after it arrived);
+- tail loss probe (RFC 8985 7, Linux's PTO: 2 srtt + 2 ms, or + the minimum RTO with a single
+  segment out, never later than the RTO): new data, or the last segment again, so that a lost
+  tail is found by RACK rather than the RTO;
+- recovery: a SACK scoreboard (RFC 6675); every lost segment is retransmitted once per recovery
+  before new data, within `pipe < cwnd` -- the first one at once (fast retransmit), whatever the
+  pipe, as RFC 6675 and Linux's PRR do. New data keeps flowing on the first duplicate ACKs because
+  SACKed segments leave the pipe (limited transmit, RFC 3042). One multiplicative decrease per
+  recovery episode; cwnd = ssthresh for its duration (RFC 6675; Linux would use PRR to get there
+  gradually);
 - RTT and RTO: RFC 6298's srtt/rttvar, with the 200 ms floor applied as Linux does (RTO =
   srtt + max(4 rttvar, min_rto)); samples follow Karn's rule (never from a segment that was
   retransmitted; no timestamps), taken like Linux from the oldest newly cumulatively-ACKed segment,
@@ -26,12 +35,9 @@ The sender is a compact Linux-flavoured TCP:
 - app-limited flows: cwnd grows only while the flow is cwnd-limited (Linux's `is_cwnd_limited`),
   and after an idle longer than the RTO the window restarts (slow start after idle, RFC 5681 §4.1).
 
-A lost retransmission is found RACK-style: once a segment sent after it has arrived (exact on a
-FIFO path), it is marked lost again and resent, rather than left to the RTO.
-
-Not modelled: tail-loss probes (a lost last segment waits for the RTO), time-based RACK for first
-transmissions (DupThresh does that job on a path that never reorders), receive-window limits (the
-receiver buffer is unbounded), PRR, HyStart, ECN, SYN/FIN.
+Not modelled: the cwnd reduction when a loss probe turns out to have repaired a loss (Linux's
+TLP loss detection), receive-window limits (the receiver buffer is unbounded), PRR, HyStart, ECN,
+FIN, the SYN's own loss (the reverse path is lossless).
 
 Performance: no SimPy process anywhere. A data segment costs two scheduled events (arrival at the
 receiver, its ACK's arrival at the sender); the RTO timer is lazy (one pending event at a time, a
@@ -56,6 +62,10 @@ __all__ = ["Segment", "TcpConfig", "TcpConnection"]
 
 _OPEN, _RECOVERY, _LOSS = 0, 1, 2  # Linux's CA_Open, CA_Recovery, CA_Loss
 _RTT_SAMPLES_KEPT = 100_000  # undrained samples beyond this are discarded (bulk flows nobody drains)
+_TLP_MIN_S = 0.002  # Linux TCP_TIMEOUT_MIN: the PTO's slack when several segments are out
+_SYNACK_TIMEOUT_S = 1.0  # Linux TCP_TIMEOUT_INIT: the first SYN-ACK retransmission, then doubled
+_SYNACK_RETRIES = 5  # net.ipv4.tcp_synack_retries
+_SYNACK_BYTES = 60  # IP + TCP header with the SYN options (MSS, SACK-permitted, timestamps, wscale)
 _new_event = Event.__new__  # ACKs are scheduled as link.call_at does it (see there)
 
 
@@ -117,6 +127,15 @@ class Segment:
 
     def __repr__(self) -> str:
         return f"Segment(n={self.n}, [{self.seq}, {self.end}), state={self.state}, retx={self.retx})"
+
+
+class _Control:
+    """A packet without data (the SYN-ACK): all the link needs is its size."""
+
+    __slots__ = ("size_bytes",)
+
+    def __init__(self, size_bytes: int) -> None:
+        self.size_bytes = size_bytes
 
 
 class _Reno:
@@ -268,7 +287,14 @@ class TcpConnection:
         "_mss_bytes",
         "_next_n",
         "_ooo",
+        "_rack_rtt_s",
+        "_rack_scan_n",
+        "_rack_top_n",
+        "_rack_xmit_s",
         "_recovery_point",
+        "_reo_cb",
+        "_reo_timer_at_s",
+        "_reo_token",
         "_retx_fifo",
         "_rto_backoffs",
         "_rto_cb",
@@ -280,12 +306,18 @@ class TcpConnection:
         "_segs",
         "_segs_base_n",
         "_state",
+        "_tlp_cb",
+        "_tlp_deadline_s",
+        "_tlp_high_seq",
+        "_tlp_timer_at_s",
+        "_tlp_token",
         "_una_n",
         "_unacked_in_order",
         "acked_log",
         "cfg",
         "closed",
         "cwnd_pkts",
+        "established",
         "lost_out",
         "lost_segs_detected",
         "min_rtt_s",
@@ -308,6 +340,7 @@ class TcpConnection:
         "snd_una",
         "srtt_s",
         "ssthresh_pkts",
+        "tlp_probes",
         "written_bytes",
     )
 
@@ -346,6 +379,9 @@ class TcpConnection:
         self._rx_cb = self._on_segment
         self._ack_cb = self._on_ack
         self._rto_cb = self._on_rto_timer
+        self._reo_cb = self._on_reo_timer
+        self._tlp_cb = self._on_tlp_timer
+        self.established = True  # False from connect() until the handshake's last ACK reaches the server
 
         # Sender: byte sequence state.
         self.written_bytes = 0
@@ -368,6 +404,19 @@ class TcpConnection:
         # (RFC 6675 DupThresh = 3).
         self._sack_top = [-1, -1, -1]
         self._mark_n = 0  # segments below this number have been checked against the loss rule
+        # RACK (RFC 8985) for first transmissions: the most recently sent segment known delivered
+        # (its send time, its RTT and its number), and how far the holes below it have been checked.
+        self._rack_xmit_s = -math.inf
+        self._rack_rtt_s = 0.0
+        self._rack_top_n = -1
+        self._rack_scan_n = 0
+        self._reo_timer_at_s: float | None = None  # the pending reordering-window timer (lazy)
+        self._reo_token = 0
+        # Tail loss probe (RFC 8985 7): one probe per episode, until snd_una passes _tlp_high_seq.
+        self._tlp_deadline_s: float | None = None
+        self._tlp_timer_at_s: float | None = None
+        self._tlp_token = 0
+        self._tlp_high_seq: int | None = None
 
         # Congestion control.
         self.cwnd_pkts = float(cfg.init_cwnd_pkts)
@@ -395,6 +444,7 @@ class TcpConnection:
         self.lost_segs_detected = 0
         self.recovery_events = 0  # fast recoveries entered (Linux's TCPSackRecovery)
         self.rto_events = 0
+        self.tlp_probes = 0
 
         # Receiver.
         self.rcv_nxt = 0
@@ -439,6 +489,46 @@ class TcpConnection:
         self._rtt_samples = []  # hand the list over rather than copy it: telemetry drains every stream often
         return out if len(out) <= _RTT_SAMPLES_KEPT else out[-_RTT_SAMPLES_KEPT:]
 
+    # ---------------------------------------------------------------- connection set-up
+
+    def connect(self, on_established: Callable[[], None]) -> None:
+        """The three-way handshake, the client opening: its SYN crosses the reverse path, the
+        server's SYN-ACK the downlink (queued behind other traffic; if lost it is resent after
+        1 s, 2 s, ... as Linux does), and the client's ACK, carrying the request, the reverse path
+        again. When that reaches the server the connection is established: the SYN-ACK's round
+        trip seeds srtt and the RTO (Linux's `tcp_synack_rtt_meas`; none if the SYN-ACK was resent)
+        and ``on_established()`` runs -- the request has arrived. Data written before then waits."""
+        self.established = False
+        state = {"sent_s": [], "client_has_it": False}
+
+        def synack_arrived(_pkt: object) -> None:
+            if self.closed or state["client_has_it"]:
+                return
+            state["client_has_it"] = True
+            call_at(self._env, self._env.now + self._ack_delay_s, request_arrived)
+
+        def request_arrived(_ev: Event) -> None:
+            if self.closed:
+                return
+            sent = state["sent_s"]
+            if len(sent) == 1:
+                self._rtt_sample(self._env.now - sent[0])
+            self.established = True
+            on_established()
+            self._push()
+
+        def send_synack(_ev: Event | None = None) -> None:
+            if self.closed or state["client_has_it"]:
+                return
+            tries = len(state["sent_s"])
+            if tries > _SYNACK_RETRIES:
+                return  # Linux gives up on the half-open connection; the reader's patience ends it
+            state["sent_s"].append(self._env.now)
+            self._link.send(_Control(_SYNACK_BYTES), synack_arrived)
+            call_at(self._env, self._env.now + _SYNACK_TIMEOUT_S * 2**tries, send_synack)
+
+        call_at(self._env, self._env.now + self._ack_delay_s, send_synack)  # the SYN reaches the server
+
     # ---------------------------------------------------------------- application side
 
     def write(self, nbytes: int) -> None:
@@ -473,7 +563,7 @@ class TcpConnection:
 
     def _push(self) -> None:
         """Send what the window allows: retransmissions of lost segments first, then new data."""
-        if self.closed:
+        if self.closed or not self.established:
             return
         in_flight = self.packets_out - self.sacked_out - self.lost_out + self.retrans_out
         # `in_flight < int(cwnd)`, without the int(): for an integer i, i < floor(c) iff i + 1 <= c.
@@ -537,6 +627,8 @@ class TcpConnection:
                 self.sent_log[1].append(snd_max)
             if self.on_sent is not None:
                 self.on_sent(snd_max)
+            if self._state == _OPEN:
+                self._arm_tlp(now)
         return in_flight
 
     def _retransmit(self, seg: Segment, now: float) -> None:
@@ -621,26 +713,7 @@ class TcpConnection:
             self._detect_lost_retransmissions(seg, now)
 
         if rtt_s >= 0:
-            # RFC 6298 (2.2)-(2.4), inlined (once per ACK). A valid sample also ends RTO backoff.
-            srtt = self.srtt_s
-            if srtt is None:
-                srtt = rtt_s
-                var = rtt_s / 2
-            else:
-                err = srtt - rtt_s
-                var = 0.75 * self.rttvar_s + 0.25 * (err if err > 0 else -err)
-                srtt = 0.875 * srtt + 0.125 * rtt_s
-            self.srtt_s = srtt
-            self.rttvar_s = var
-            # RTO = srtt + max(4 rttvar, min_rto): Linux puts the floor on the variance term, not
-            # on the sum as RFC 6298 (2.4) does. On a long steady path rttvar -> 0, and a floored
-            # sum would be ~srtt: recovery of one hole (ACKs stall for an RTT) would time out.
-            var *= 4
-            cfg = self.cfg
-            rto = srtt + (var if var > cfg.min_rto_s else cfg.min_rto_s)
-            self.rto_s = rto if rto < cfg.max_rto_s else cfg.max_rto_s
-            if self.min_rtt_s is None or rtt_s < self.min_rtt_s:
-                self.min_rtt_s = rtt_s
+            self._rtt_sample(rtt_s)
             samples = self._rtt_samples
             samples.append(rtt_s)
             if len(samples) >= 2 * _RTT_SAMPLES_KEPT:
@@ -659,17 +732,10 @@ class TcpConnection:
         state = self._state
         if state != _OPEN and self.snd_una >= self._recovery_point:
             state = self._state = _OPEN
+        if self._tlp_high_seq is not None and (self.snd_una >= self._tlp_high_seq or state != _OPEN):
+            self._tlp_high_seq = None  # the probe's episode is over: a new probe may be armed
         if self.lost_out and state == _OPEN:
-            # Fast retransmit: one multiplicative decrease for everything lost in this window.
-            self.ssthresh_pkts = self._cc.on_congestion(self)
-            self.cwnd_pkts = self.ssthresh_pkts
-            self._recovery_point = self.snd_max
-            self._state = _RECOVERY
-            self.recovery_events += 1
-            # RFC 6675 (4.3), Linux PRR: the first lost segment goes out now, whatever the pipe says.
-            first = self._next_lost()
-            if first is not None:
-                self._retransmit(first, now)
+            self._enter_recovery(now)
         elif (
             delivered
             and state != _RECOVERY
@@ -681,6 +747,44 @@ class TcpConnection:
         ):
             self._cc.cong_avoid(self, delivered, now)
         self._push()
+        if self._state == _OPEN and self.packets_out:
+            self._arm_tlp(now)
+
+    def _rtt_sample(self, rtt_s: float) -> None:
+        """RFC 6298 (2.2)-(2.4) with Linux's floor. A valid sample also ends RTO backoff."""
+        srtt = self.srtt_s
+        if srtt is None:
+            srtt = rtt_s
+            var = rtt_s / 2
+        else:
+            err = srtt - rtt_s
+            var = 0.75 * self.rttvar_s + 0.25 * (err if err > 0 else -err)
+            srtt = 0.875 * srtt + 0.125 * rtt_s
+        self.srtt_s = srtt
+        self.rttvar_s = var
+        # RTO = srtt + max(4 rttvar, min_rto): Linux puts the floor on the variance term, not
+        # on the sum as RFC 6298 (2.4) does. On a long steady path rttvar -> 0, and a floored
+        # sum would be ~srtt: recovery of one hole (ACKs stall for an RTT) would time out.
+        var *= 4
+        cfg = self.cfg
+        rto = srtt + (var if var > cfg.min_rto_s else cfg.min_rto_s)
+        self.rto_s = rto if rto < cfg.max_rto_s else cfg.max_rto_s
+        if self.min_rtt_s is None or rtt_s < self.min_rtt_s:
+            self.min_rtt_s = rtt_s
+
+    def _enter_recovery(self, now: float) -> None:
+        """Fast retransmit: one multiplicative decrease for everything lost in this window."""
+        self.ssthresh_pkts = self._cc.on_congestion(self)
+        self.cwnd_pkts = self.ssthresh_pkts
+        self._recovery_point = self.snd_max
+        self._state = _RECOVERY
+        self.recovery_events += 1
+        self._tlp_high_seq = None
+        self._tlp_deadline_s = None
+        # RFC 6675 (4.3), Linux PRR: the first lost segment goes out now, whatever the pipe says.
+        first = self._next_lost()
+        if first is not None:
+            self._retransmit(first, now)
 
     def _on_sack(self, seg: Segment) -> None:
         """`seg` arrived out of order: SACK it, then mark lost what three SACKs above a hole show."""
@@ -690,9 +794,18 @@ class TcpConnection:
                 self.retrans_out -= 1
         seg.state = _SACKED
         self.sacked_out += 1
-        top = self._sack_top
         n = seg.n
+        if n > self._rack_top_n:
+            # RACK: the newest segment known delivered. A retransmitted one counts only if this
+            # copy could have made the round trip (RFC 8985 6.2 step 2); the path never reorders.
+            now = self._env.now
+            if not seg.retx or (self.min_rtt_s is not None and now - seg.sent_t >= self.min_rtt_s):
+                self._rack_top_n = n
+                self._rack_xmit_s = seg.sent_t
+                self._rack_rtt_s = now - seg.sent_t
+        top = self._sack_top
         if n <= top[2]:
+            self._rack_detect()
             return
         if n > top[0]:
             top[0], top[1], top[2] = n, top[0], top[1]
@@ -703,17 +816,138 @@ class TcpConnection:
         # Everything below the third-highest SACKed segment has DupThresh SACKs above it. The link
         # never reorders, so these are losses; the scan resumes where it stopped (amortised O(1)).
         below_n = top[2]
-        if below_n <= self._mark_n:
+        if below_n > self._mark_n:
+            segs, base, lost_q = self._segs, self._segs_base_n, self._lost_q
+            for k in range(max(self._mark_n, self._una_n), below_n):
+                s = segs[k - base]
+                if s.state == _IN_FLIGHT:
+                    s.state = _LOST
+                    self.lost_out += 1
+                    self.lost_segs_detected += 1
+                    lost_q.append(s)
+            self._mark_n = below_n
+        self._rack_detect()
+
+    def _rack_detect(self) -> None:
+        """RACK (RFC 8985 6.2, Linux `tcp_rack_detect_loss`) for segments sent before the newest
+        delivered one: lost once ``sent + rack_rtt + reo_wnd`` has passed. reo_wnd is min_rtt / 4
+        (at most srtt) while the connection is open with fewer than three SACKed segments, else 0
+        (Linux, no reordering seen: this path never reorders). A thin stream -- one token per
+        segment, seldom three segments out -- thus repairs a loss once the next token's SACK is
+        back, not after three more tokens or the RTO. Holes not yet due arm the REO timer."""
+        top_n = self._rack_top_n
+        k = self._rack_scan_n
+        if k < self._una_n:
+            k = self._una_n
+        if k >= top_n:
             return
+        now = self._env.now
+        if self._state != _OPEN or self.sacked_out >= 3 or self.min_rtt_s is None:
+            reo_s = 0.0
+        else:
+            reo_s = self.min_rtt_s / 4
+            if self.srtt_s is not None and self.srtt_s < reo_s:
+                reo_s = self.srtt_s
+        limit_s = self._rack_rtt_s + reo_s
+        rack_xmit_s = self._rack_xmit_s
         segs, base, lost_q = self._segs, self._segs_base_n, self._lost_q
-        for k in range(max(self._mark_n, self._una_n), below_n):
+        while k < top_n:
             s = segs[k - base]
-            if s.state == _IN_FLIGHT:
+            if s.state == _IN_FLIGHT and s.sent_t <= rack_xmit_s:
+                due_s = s.sent_t + limit_s
+                if due_s > now + 1e-12:
+                    self._arm_reo(due_s)  # later holes were sent later: due later
+                    break
                 s.state = _LOST
                 self.lost_out += 1
                 self.lost_segs_detected += 1
                 lost_q.append(s)
-        self._mark_n = below_n
+            k += 1
+        self._rack_scan_n = k
+
+    def _arm_reo(self, deadline_s: float) -> None:
+        at = self._reo_timer_at_s
+        if at is None or deadline_s < at:
+            self._reo_token += 1
+            self._reo_timer_at_s = deadline_s
+            call_at(self._env, deadline_s, self._reo_cb, self._reo_token)
+
+    def _on_reo_timer(self, ev: Event) -> None:
+        """Linux `tcp_rack_reo_timeout`: recheck the holes; losses found start a recovery."""
+        if ev.value != self._reo_token:
+            return
+        self._reo_timer_at_s = None
+        if self.closed:
+            return
+        lost_before = self.lost_out
+        self._rack_detect()
+        if self.lost_out > lost_before:
+            if self._state == _OPEN:
+                self._enter_recovery(self._env.now)
+            self._push()
+
+    # ---------------------------------------------------------------- tail loss probe
+
+    def _arm_tlp(self, now: float) -> None:
+        """Linux `tcp_schedule_loss_probe`: PTO = 2 srtt, plus the minimum RTO when a single
+        segment is out (the receiver may delay its ACK), else plus 2 ms; never later than the RTO."""
+        if self._tlp_high_seq is not None:
+            return
+        srtt = self.srtt_s
+        if srtt is None:
+            pto_s = self.cfg.init_rto_s
+        else:
+            pto_s = 2 * srtt + (self.cfg.min_rto_s if self.packets_out == 1 else _TLP_MIN_S)
+        deadline_s = now + pto_s
+        rto_at = self.rto_deadline_s
+        if rto_at is not None and rto_at < deadline_s:
+            deadline_s = rto_at
+        self._tlp_deadline_s = deadline_s
+        at = self._tlp_timer_at_s
+        if at is None or deadline_s < at:
+            self._tlp_token += 1
+            self._tlp_timer_at_s = deadline_s
+            call_at(self._env, deadline_s, self._tlp_cb, self._tlp_token)
+
+    def _on_tlp_timer(self, ev: Event) -> None:
+        if ev.value != self._tlp_token:
+            return
+        self._tlp_timer_at_s = None
+        deadline_s = self._tlp_deadline_s
+        if self.closed or deadline_s is None:
+            return
+        if deadline_s > self._env.now:
+            self._tlp_timer_at_s = deadline_s
+            call_at(self._env, deadline_s, self._tlp_cb, self._tlp_token)
+            return
+        self._send_loss_probe()
+
+    def _send_loss_probe(self) -> None:
+        """Linux `tcp_send_loss_probe`: new data if the window allows, else the last segment again;
+        an ACK for it reveals any loss before it to RACK. Then the RTO restarts from now."""
+        self._tlp_deadline_s = None
+        if self.closed or self._state != _OPEN or not self.packets_out or self._tlp_high_seq is not None:
+            return
+        now = self._env.now
+        before = self.snd_max
+        if self._bulk or self.written_bytes > before:
+            self._push()
+        if self.snd_max == before:
+            segs, base = self._segs, self._segs_base_n
+            k = self._next_n - 1
+            while k >= self._una_n and segs[k - base].state != _IN_FLIGHT:  # type: ignore[union-attr]
+                k -= 1
+            if k < self._una_n:
+                return
+            s = segs[k - base]
+            assert s is not None
+            s.retx = True  # Karn: its ACK gives no RTT sample
+            s.sent_t = now
+            self.retrans_segs += 1
+            self._link.send(s, self._rx_cb)
+        self.tlp_probes += 1
+        self._tlp_high_seq = self.snd_max
+        self._set_rto_deadline(now + self.rto_s)
 
     def _detect_lost_retransmissions(self, seg: Segment, now: float) -> None:
         """RACK for retransmissions: `seg` just arrived, so on a FIFO path every retransmission sent
@@ -755,7 +989,15 @@ class TcpConnection:
         deadline_s = self.rto_deadline_s
         if self.closed or deadline_s is None:
             return
-        if deadline_s > self._env.now:
+        now = self._env.now
+        tlp_at = self._tlp_deadline_s
+        if tlp_at is not None and tlp_at <= deadline_s <= now:
+            # Linux keeps one timer: a probe due by now fires instead of the RTO (and restarts it).
+            self._send_loss_probe()
+            deadline_s = self.rto_deadline_s
+            if deadline_s is None:
+                return
+        if deadline_s > now:
             # ACKs moved the deadline while this event waited: wait again, for the new deadline.
             self._rto_timer_at_s = deadline_s
             call_at(self._env, deadline_s, self._rto_cb, self._rto_token)
@@ -791,7 +1033,9 @@ class TcpConnection:
         self._retx_fifo.clear()
         self.lost_out = len(lost_q)
         self.retrans_out = 0
-        self._mark_n = self._next_n
+        self._mark_n = self._rack_scan_n = self._next_n
+        self._tlp_high_seq = None
+        self._tlp_deadline_s = None
         self._rto_backoffs += 1
         self.rto_s = min(self.rto_s * 2, self.cfg.max_rto_s)
         self.rto_deadline_s = None  # _push re-arms it with the backed-off RTO

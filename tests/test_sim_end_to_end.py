@@ -33,14 +33,16 @@ TINY = {
 
 
 def test_tiny_scenario_matches_hand_computation(tmp_path):
-    # A arrives at 0: prefill 10 tokens = 0.1 + 0.1 = 0.2 s; then 4 decodes of 0.1 + 0.01 = 0.11 s.
-    # B arrives at 1.0 to an idle node: the same, shifted by 1 s. 10 steps in all.
+    # A connects at 0; its request reaches the node after the handshake: SYN 5 ms, SYN-ACK (60 B on
+    # the wire) 5 ms, ACK + request 5 ms. Prefill 10 tokens = 0.1 + 0.1 = 0.2 s; then 4 decodes of
+    # 0.1 + 0.01 = 0.11 s. B connects at 1.0 to an idle node: the same, shifted by 1 s. 10 steps.
     loaded = _loaded(TINY)
     run_controller(loaded, draw_requests(loaded.scenario, loaded.base_dir), "unpaced", {}, tmp_path / "u", 1)
     run = load_controller_dir(tmp_path / "u")
     server = run.server
     assert len(server["time"]) == 10
-    gen_a = [0.2, 0.31, 0.42, 0.53, 0.64]
+    hs = 0.015 + 60 * 8 / 100e6
+    gen_a = [hs + t for t in (0.2, 0.31, 0.42, 0.53, 0.64)]
     assert server["time"] == pytest.approx(gen_a + [1 + t for t in gen_a])
     assert server["batch_duration"] == pytest.approx([0.2, 0.11, 0.11, 0.11, 0.11] * 2)
     assert server["batch_tokens"] == pytest.approx([10, 1, 1, 1, 1] * 2)
@@ -56,7 +58,7 @@ def test_tiny_scenario_matches_hand_computation(tmp_path):
     assert tokens["t_displayed"] == pytest.approx(tokens["t_received"])
     streams = run.streams
     assert list(streams["outcome"]) == ["completed", "completed"]
-    assert streams["ttft_s"] == pytest.approx([0.2 + 0.005 + wire_s] * 2, abs=1.5e-6)
+    assert streams["ttft_s"] == pytest.approx([hs + 0.2 + 0.005 + wire_s] * 2, abs=1.5e-6)
 
 
 def test_same_seed_gives_byte_identical_summary(tmp_path):

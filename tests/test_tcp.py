@@ -37,7 +37,8 @@ class LoggingLink(Link):
         self.sizes: list[int] = []
 
     def send(self, pkt, on_arrive):  # type: ignore[no-untyped-def]
-        self.log.append((self._env.now, pkt.n, pkt.retx))
+        # a SYN-ACK (no sequence number) is logged as segment -1
+        self.log.append((self._env.now, getattr(pkt, "n", -1), getattr(pkt, "retx", False)))
         self.sizes.append(pkt.size_bytes)
         return super().send(pkt, on_arrive)
 
@@ -197,20 +198,81 @@ def test_multiplicative_decrease(cc: str, beta: float):
     assert p.conn.retrans_segs == 1 and p.conn.rto_events == 0
 
 
+def test_thin_stream_loss_is_repaired_when_the_next_segment_is_sacked():
+    # one 200-byte token every 50 ms, RTT 40 ms; the 4th token's segment is lost. RACK marks it lost
+    # as soon as the SACK of the 5th is back (it was sent 50 ms earlier, more than reo_wnd = 10 ms
+    # before): no three duplicate ACKs (150 ms of tokens) and no RTO (~240 ms).
+    p = make_path(rate_bps=100e6, one_way_s=0.02, loss=ScriptedLoss({3}), cc="cubic")
+    for i in range(10):
+        write_at(p, 0.05 * i, 200)
+    p.env.run(until=3.0)
+    c = p.conn
+    [(t_retx, n)] = p.link.retransmissions()
+    ser_s = 252 * 8 / 100e6
+    assert n == 3 and t_retx == pytest.approx(0.20 + 0.04 + ser_s, abs=1e-6)
+    assert c.rto_events == 0 and c.recovery_events == 1 and c.rcv_nxt == 2000
+
+
+def test_a_lost_tail_is_found_by_the_loss_probe_not_the_rto():
+    # After one RTT sample (40 ms), five segments leave at t=1; the last two are lost. The ACKs of
+    # the first three re-arm the probe to 2 srtt + 2 ms after the last of them; the probe resends
+    # segment 5, its SACK shows RACK that segment 4 is lost, and recovery resends it -- ~120 ms
+    # after the tail left instead of the RTO's ~240 ms.
+    p = make_path(rate_bps=100e6, one_way_s=0.02, loss=ScriptedLoss({4, 5}), cc="reno")
+    p.conn.write(100)
+    write_at(p, 1.0, 5 * MSS)
+    p.env.run(until=5.0)
+    c = p.conn
+    retx = p.link.retransmissions()
+    assert [n for _, n in retx] == [5, 4] and c.tlp_probes == 1 and c.rto_events == 0
+    srtt = c.srtt_s
+    t_probe, t_fix = (t for t, _ in retx)
+    assert 1.04 + 0.08 < t_probe < 1.04 + 0.09  # 2 srtt + 2 ms after the ACKs of the first three
+    assert t_fix == pytest.approx(t_probe + 0.04, abs=1e-3)  # one RTT later, when its SACK is back
+    assert c.rcv_nxt == 100 + 5 * MSS and srtt is not None
+
+
+def test_handshake_delays_the_request_and_seeds_the_rtt():
+    p = make_path(rate_bps=100e6, one_way_s=0.02)
+    c = p.conn
+    est: list[float] = []
+    c.connect(lambda: est.append(p.env.now))
+    c.write(100)  # written before the handshake completes: waits for it
+    p.env.run(until=1.0)
+    synack_s = 60 * 8 / 100e6
+    # SYN (20 ms) + SYN-ACK (serialisation + 20 ms) + ACK with the request (20 ms)
+    assert est == [pytest.approx(0.06 + synack_s, abs=1e-9)]
+    assert p.link.sizes[0] == 60 and p.delivered[0][0] == pytest.approx(0.08 + synack_s + 152 * 8 / 100e6)
+    assert c.drain_rtt_samples() == [pytest.approx(0.04 + 152 * 8 / 100e6)]  # the data's own sample
+    assert c.min_rtt_s == pytest.approx(0.04 + synack_s)  # the SYN-ACK's round trip came first
+
+
+def test_a_lost_synack_is_resent_after_one_second():
+    p = make_path(rate_bps=100e6, one_way_s=0.02, loss=ScriptedLoss({0}))
+    est: list[float] = []
+    p.conn.connect(lambda: est.append(p.env.now))
+    p.env.run(until=5.0)
+    assert est == [pytest.approx(1.02 + 0.04 + 60 * 8 / 100e6, abs=1e-9)]
+    assert p.conn.srtt_s is None  # the SYN-ACK was resent: which copy arrived? (Karn)
+
+
 def test_losing_a_whole_window_times_out_with_backoff():
-    # the 10 segments of the first flight and the first retransmission are lost
-    p = make_path(loss=ScriptedLoss(range(11)), cc="reno")
+    # the 10 segments of the first flight, the loss probe and the first RTO retransmission are lost
+    p = make_path(loss=ScriptedLoss(range(12)), cc="reno")
     p.conn.write(10 * MSS)
     p.env.run(until=30.0)
     c = p.conn
     retx = p.link.retransmissions()
-    assert [t for t, _ in retx[:2]] == pytest.approx([1.0, 3.0])  # initial RTO 1 s, then doubled
-    assert [n for _, n in retx[:2]] == [0, 0]
+    # No RTT sample yet: the probe is due after the initial 1 s, when the RTO is, and goes first
+    # (Linux keeps one timer), resending the last segment; the RTO restarts from the probe.
+    assert retx[0] == pytest.approx((1.0, 9)) and c.tlp_probes == 1
+    assert [t for t, _ in retx[1:3]] == pytest.approx([2.0, 4.0])  # RTO 1 s after the probe, then doubled
+    assert [n for _, n in retx[1:3]] == [0, 0]
     assert c.rto_events == 2
     assert c.ssthresh_pkts == pytest.approx(5.0)  # flight 10 halved once, not again for the same data
-    assert c.retrans_segs == 11  # segment 0 twice, then 1..9 as the window reopens (go-back-N)
+    assert c.retrans_segs == 12  # the probe, segment 0 twice, then 1..9 as the window reopens (go-back-N)
     assert c.rcv_nxt == 10 * MSS and c.snd_una == 10 * MSS
-    assert p.acked[0][0] == pytest.approx(3.04, abs=1e-3)
+    assert p.acked[0][0] == pytest.approx(4.04, abs=1e-3)
     assert c.srtt_s is None  # Karn: every ACKed segment was retransmitted, no RTT sample
     assert c.rto_s == pytest.approx(4.0)  # backed off, and no sample has reset it
 
