@@ -6,6 +6,7 @@
     python -m live cleanup --iface IFACE        remove qdiscs/rules a killed run left behind
     python -m live client URL --streams N       load client with the scenario's readers
     python -m live lab SCENARIO --out DIR       run a scenario for real in two namespaces, every controller
+    python -m live dashboard --record DIR       live Streamlit page of a recording (per-connection telemetry)
 
 The server binds 127.0.0.1 unless --host says otherwise. Faults are played on IFACE's egress
 (netem where the kernel has it, tbf + nftables otherwise) and always removed on exit.
@@ -23,7 +24,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 EXIT_BAD_INPUT = 2
-SUBCOMMANDS = ("doctor", "cleanup", "client", "lab")
+SUBCOMMANDS = ("doctor", "cleanup", "client", "lab", "dashboard")
 
 
 def parse_fault_spec(spec: str) -> dict[str, Any]:
@@ -150,6 +151,9 @@ def _client(argv: list[str]) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--time-limit", type=float, help="stop after S seconds (default: scenario max, <= 600)")
     p.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
+    p.add_argument("--sync-stdin", action="store_true",
+                   help="once the server answers, print READY and wait for a line `T0 <monotonic>` on stdin: time 0 "
+                   "of the load (how the lab starts load, recording and path timeline together)")
     args = p.parse_args(argv)
     from scenarios import ScenarioError, load_scenario
 
@@ -163,8 +167,17 @@ def _client(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     from live.client import run_load
 
+    async def t0_from_stdin() -> float:
+        print("READY", flush=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        words = line.split()
+        if len(words) != 2 or words[0] != "T0":
+            raise ValueError(f"--sync-stdin: expected `T0 <monotonic>`, got {line.strip()!r}")
+        return float(words[1])
+
     result = asyncio.run(run_load(args.url, args.streams, loaded, args.out, seed=args.seed,
-                                  time_limit_s=args.time_limit, endpoint=args.endpoint))
+                                  time_limit_s=args.time_limit, endpoint=args.endpoint,
+                                  start_at=t0_from_stdin if args.sync_stdin else None))
     print(result.summary())
     return 0
 
@@ -183,4 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         from live.lab import main as lab_main
 
         return lab_main(argv[1:])
+    if argv[:1] == ["dashboard"]:
+        from live.dashboard import main as dashboard_main
+
+        return dashboard_main(argv[1:])
     return _serve(argv)

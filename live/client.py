@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,12 +169,18 @@ def _token_count(event: bytes) -> int | None:
 async def run_load(url: str, streams: int | None = None, scenario: Any = None, out_dir: Path | str | None = None,
                    *, seed: int | None = None, time_limit_s: float | None = None, endpoint: str = "chat",
                    model: str | None = None, controller: str | None = None, ttft_expected_s: float | None = None,
-                   max_connections: int = 0, merge: bool = True) -> LoadResult:
+                   max_connections: int = 0, merge: bool = True,
+                   start_at: Callable[[], Awaitable[float]] | None = None) -> LoadResult:
     """Run a scenario's workload and readers against ``url``; record the client half to ``out_dir``.
 
     ``streams`` overrides the scenario's request count; ``time_limit_s`` (default: the scenario's
     ``max_duration_s``, at most 600 s) bounds the whole load. ``controller`` names the results
     folder (default: the one the server reports on /healthz). Returns per-stream outcomes.
+
+    ``start_at``: called once the server has answered; returns the ``time.monotonic()`` instant
+    that is time 0 of the load (arrival i is sent at start + arrival_i) and of the recording (the
+    server, on the same kernel, has been told the same epoch). The lab uses it to start the load,
+    the server's recording and the path's timeline together. Default: now, in the server's epoch.
     """
     wall0 = time.monotonic()
     scn, base_dir, resolved = _load_scenario(scenario)
@@ -191,10 +197,17 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
         base = base[:-3]
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     loop = asyncio.get_running_loop()
-    connector = aiohttp.TCPConnector(limit=max_connections, force_close=False)
+    # One connection per stream, as the simulator has it (and as separate users would): no keep-alive reuse.
+    connector = aiohttp.TCPConnector(limit=max_connections, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         health, offset = await _server_clock(session, base)
+        epoch: float | None = None
+        if start_at is not None:
+            if health.get("boot_id") != boot_id():
+                raise ValueError("start_at needs the server on this machine's kernel (one CLOCK_MONOTONIC)")
+            epoch = await start_at()
+            offset = -epoch
         name = controller or str(health.get("controller") or "live")
         model_name = model or str(health.get("model") or "tokenpace-engine")
 
@@ -211,7 +224,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
                                live={"client_clock_offset_s": offset, "url": url})
             rec = ClientRecorder(out_dir, name)
         results: list[StreamResult] = []
-        start = time.monotonic()
+        start = time.monotonic() if epoch is None else epoch
         deadline = start + limit_s
         tasks: list[asyncio.Task[None]] = []
 

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -46,6 +47,8 @@ PY = sys.executable
 TRACE_BIN_S = 0.1  # trace replay: the tbf rate is updated this often
 MIN_TRACE_RATE_MBPS = 0.05  # a trace bin with no delivery opportunity: tbf cannot have rate 0
 READY_TIMEOUT_S = 90.0  # server start includes compiling the eBPF probes
+CLIENT_READY_TIMEOUT_S = 60.0  # the load client's imports and its first /healthz
+EPOCH_LEAD_S = 0.3  # time 0 is set this far ahead, so that server, client and path all have it first
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -151,6 +154,25 @@ def _wait_ready(ns_b: str, url: str, proc: subprocess.Popen[str], timeout_s: flo
     raise LabError(f"server at {url} not ready after {timeout_s:g} s")
 
 
+def _wait_line(proc: subprocess.Popen[str], want: str, timeout_s: float, what: str) -> None:
+    """Read ``proc``'s stdout until a line equal to ``want`` (lines before it are ignored)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LabError(f"{what} did not say {want} within {timeout_s:g} s")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if not ready:
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise LabError(f"{what} exited (rc={proc.wait()}) before it was ready: {err.strip()[-1500:]}")
+        if line.strip() == want:
+            return
+
+
 def _stop(proc: subprocess.Popen[str] | None, sig: int = signal.SIGINT, timeout_s: float = 15.0) -> None:
     """Ask a child's process group to stop (SIGINT: the server records and merges), then insist."""
     if proc is None or proc.poll() is not None:
@@ -206,7 +228,7 @@ def _run_controller(pair: Any, *, loaded: Any, scenario_file: Path, path: str, b
     server_cmd = [PY, "-m", "live.lab", "--serve-child", "--scenario", str(scenario_file), "--controller",
                   controller, "--host", pair.addr_a, "--port", str(port), "--record", str(out), "--iface",
                   pair.if_a, "--duration", f"{time_limit_s + 60:g}"]
-    server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL)
+    server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL, stdin=subprocess.PIPE)
     client: subprocess.Popen[str] | None = None
     trace_replay = base.rate_schedule is not None and len(base.rate_schedule) > 20
 
@@ -221,14 +243,24 @@ def _run_controller(pair: Any, *, loaded: Any, scenario_file: Path, path: str, b
         health = _wait_ready(pair.ns_b, url, server, READY_TIMEOUT_S)
         log(f"[lab]   server ready in {time.monotonic() - t_start:.1f} s ({health.get('mode')} mode, "
             f"controller {health.get('controller')})")
-        player.start()  # t=0 of the fault timeline: the load starts now
         client_cmd = [PY, "-m", "live", "client", url, "--scenario", str(scenario_file), "--out", str(out),
-                      "--time-limit", f"{time_limit_s:g}"]
+                      "--time-limit", f"{time_limit_s:g}", "--sync-stdin"]
         if streams is not None:
             client_cmd += ["--streams", str(streams)]
         if seed is not None:
             client_cmd += ["--seed", str(seed)]
-        client = pair.popen("b", client_cmd)
+        client = pair.popen("b", client_cmd, stdin=subprocess.PIPE)
+        _wait_line(client, "READY", CLIENT_READY_TIMEOUT_S, "load client")
+        # One time 0 for the load's arrivals, the server's recording and the path's timeline (faults,
+        # rate schedule, trace): a moment just ahead, so that all three are in place before it.
+        t0 = time.monotonic() + EPOCH_LEAD_S
+        for proc in (server, client):
+            assert proc.stdin is not None
+            proc.stdin.write(f"T0 {t0!r}\n")
+            proc.stdin.close()  # EOF: their stdin readers end (asyncio waits for its executor's threads)
+            proc.stdin = None  # communicate() must not flush it
+        player.t0_s = t0
+        player.start()
         try:
             c_out, c_err = client.communicate(timeout=time_limit_s + 60)
         except subprocess.TimeoutExpired:
@@ -405,13 +437,31 @@ def _serve_child(argv: list[str]) -> int:
     def telemetry(port: int) -> BccTelemetry:
         return BccTelemetry(ports=[port], interval_s=config.control_interval_s)
 
-    async def run() -> None:
-        task = asyncio.ensure_future(serve(config, telemetry))
+    async def read_epochs(server: Any) -> None:
+        """``T0 <monotonic>`` lines from the lab: time 0 of the recording = the load's start."""
         loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return
+            words = line.split()
+            if len(words) == 2 and words[0] == "T0":
+                server.state.rebase_epoch(float(words[1]))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        readers: list[asyncio.Task[None]] = []
+
+        def ready(server: Any) -> None:
+            readers.append(loop.create_task(read_epochs(server)))
+
+        task = asyncio.ensure_future(serve(config, telemetry, ready=ready))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for r in readers:
+            r.cancel()
 
     asyncio.run(run())
     return 0

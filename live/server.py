@@ -389,20 +389,35 @@ class LiveServer:
             return
         self.started = True
         self.t0 = self.clock()
-        if self.recorder is not None:
-            self.recorder.t0 = self.t0
-            cfg = self.config
-            write_run_json(cfg.record_dir, controller=cfg.controller, params=cfg.controller_params,  # type: ignore[arg-type]
-                           scenario=cfg.scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
-                           seed=cfg.seed, live={"t0_monotonic": self.t0, "boot_id": boot_id(), "iface": cfg.iface,
-                                                "fault": cfg.fault, "upstream": cfg.upstream, "host": cfg.host,
-                                                "server_mode": self.mode})
+        self._write_run_json()
         self.source.start()
         if self.engine is not None:
             self.engine.start()
         if self.upstream is not None:
             await self.upstream.start()
         self.pacing.start()
+
+    def _write_run_json(self) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.t0 = self.t0
+        cfg = self.config
+        write_run_json(cfg.record_dir, controller=cfg.controller, params=cfg.controller_params,  # type: ignore[arg-type]
+                       scenario=cfg.scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
+                       seed=cfg.seed, live={"t0_monotonic": self.t0, "boot_id": boot_id(), "iface": cfg.iface,
+                                            "fault": cfg.fault, "upstream": cfg.upstream, "host": cfg.host,
+                                            "server_mode": self.mode})
+
+    def rebase_epoch(self, t0_monotonic: float) -> bool:
+        """Make ``t0_monotonic`` time 0 of the recording (the lab: the moment its load and its fault
+        timeline start). Only before the first stream: later, rows already written would disagree.
+        Returns whether it was applied."""
+        if self.pacing.streams:
+            log.warning("epoch not moved: streams have started already")
+            return False
+        self.t0 = float(t0_monotonic)
+        self._write_run_json()
+        return True
 
     def replace_source(self, source: TelemetrySource) -> None:
         """Swap the telemetry source (the previous one is closed; the new one started if we run)."""
