@@ -21,8 +21,8 @@ is null and the entry is left out of the median too.
 :data:`TARGET_MEDIAN_APE`; null when there is no median). The target is informational.
 
 **Ranking**: each folder's controllers (those in both) ranked by
-:func:`analysis.metrics.rank_controllers` (higher ``qoe_mean`` first, ties by ``waste_frac``,
-then name); ``same_best`` says whether both put the same controller first, and ``kendall_tau``
+:func:`analysis.metrics.rank_controllers` (QoE within 0.005 of the best is a tie, which the
+fewer wasted tokens break); ``same_best`` says whether both put the same controller first, and ``kendall_tau``
 is :func:`scipy.stats.kendalltau` of the two rank orders (null with fewer than two controllers).
 
 **Trajectories**: for each controller, one PNG ``plots/fidelity_<controller>.png`` with two
@@ -337,7 +337,7 @@ def fidelity_tables(result: Mapping[str, Any]) -> list[RenderableType]:
     r = result["ranking"]
     tau = "–" if r["kendall_tau"] is None else f"{r['kendall_tau']:.3f}"
     ranking = Text.assemble(
-        "ranking by qoe_mean — sim: ",
+        "ranking (QoE, ties within 0.005 by wasted tokens) — sim: ",
         ", ".join(r["sim_ranking"]),
         "; lab: ",
         ", ".join(r["lab_ranking"]),

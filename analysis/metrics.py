@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRIC_KEYS",
+    "QOE_TIE",
     "TABLE_COLUMNS",
     "StreamMetrics",
     "TableColumn",
@@ -318,21 +319,37 @@ def _sort_value(value: Any, *, higher_is_better: bool) -> float:
     return -float(value) if higher_is_better else float(value)
 
 
-def rank_controllers(summary: Mapping[str, Any]) -> list[str]:
-    """Controller names best first: higher ``qoe_mean``, then lower ``waste_frac``, then name.
+QOE_TIE = 0.005  # QoE differences below this are noise (nudging a parameter moves a scenario's QoE ~0.005)
+
+
+def rank_controllers(summary: Mapping[str, Any], *, qoe_tie: float = QOE_TIE) -> list[str]:
+    """Controller names best first. The best is, of the controllers whose ``qoe_mean`` is within
+    ``qoe_tie`` of the highest, the one that wasted the fewest tokens (``tokens_wasted``, else
+    ``waste_frac``; then higher QoE, then name): QoE a reader cannot tell apart is a tie, and the GPU
+    time thrown away decides it. The rest are ranked the same way in turn. ``qoe_tie=0`` ranks by QoE.
 
     Accepts a whole summary (with a ``"controllers"`` key) or just its controllers mapping.
     Missing values rank last.
     """
     ctrls: Mapping[str, Mapping[str, Any]] = summary.get("controllers", summary)
-    return sorted(
-        ctrls,
-        key=lambda name: (
-            _sort_value(ctrls[name].get("qoe_mean"), higher_is_better=True),
-            _sort_value(ctrls[name].get("waste_frac"), higher_is_better=False),
-            name,
-        ),
-    )
+
+    def qoe(name: str) -> float:
+        return -_sort_value(ctrls[name].get("qoe_mean"), higher_is_better=True)  # -inf when missing
+
+    def waste(name: str) -> float:
+        m = ctrls[name]
+        value = m.get("tokens_wasted")
+        return _sort_value(value if value is not None else m.get("waste_frac"), higher_is_better=False)
+
+    left = sorted(ctrls)
+    ranked: list[str] = []
+    while left:
+        top = max(qoe(n) for n in left)
+        tied = [n for n in left if qoe(n) >= top - qoe_tie] if math.isfinite(top) else left
+        best = min(tied, key=lambda n: (waste(n), -qoe(n), n))
+        ranked.append(best)
+        left.remove(best)
+    return ranked
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,32 @@
 """``python -m live lab SCENARIO --out DIR``: a scenario on a real kernel network, every controller in turn.
 
-The lab builds a private two-host network (two network namespaces joined by a veth pair,
-:func:`live.netns.veth_pair`): the paced server lives in side ``a``, the load client in side ``b``.
+The lab builds a private two-host network: the paced server lives in network namespace ``a``, the
+load client in ``b``. By default (``--link tun``) the two are joined by a user-space link
+(:mod:`live.tunlink`, Mahimahi's mm-link done with the simulator's own link model): every packet
+the kernel sends from one namespace to the other crosses a process that applies the scenario's path
+exactly as the simulator does -- rate, rate schedule or Mahimahi trace, drop-tail queue,
+propagation delay (rtt_ms), random and Gilbert-Elliott loss, and every fault -- so delay and traces
+are reproduced on this kernel, which has no sch_netem. ``--link qdisc`` joins them by a veth pair
+shaped by qdiscs instead (:class:`live.faults.FaultPlayer`: netem where the kernel has it, else tbf
++ a tc-bpf dropper, without delay; a trace becomes a rate updated every 100 ms).
+
 For each controller the scenario lists (or ``--controllers``), it
 
 1. starts the server with that controller in ``a``, with eBPF telemetry, recording into
-   ``DIR/<controller>/``;
-2. shapes the egress of ``a``'s veth end (the downlink) like the scenario's path — its rate (or
-   rate schedule, or Mahimahi trace replayed every 100 ms), queue, loss — with its fault timeline
-   on top (:class:`live.faults.FaultPlayer`), time 0 being the moment the load starts;
-3. runs the load client in ``b`` with the scenario's arrivals, outputs and readers;
-4. stops the server and the shaping, and merges the server's and the client's halves.
+   ``DIR/<controller>/`` (a fresh user-space link each time: the same path from time 0);
+2. starts the load client in ``b`` with the scenario's arrivals, outputs and readers; once it is
+   ready, one instant just ahead becomes time 0 of the load, of the server's recording and of the
+   path's timeline (faults, schedules, traces), so all three line up as in the simulator;
+3. stops the server and the path, and merges the server's and the client's halves.
 
 Then ``DIR/run.json`` says mode ``lab`` and lists every controller run, and ``DIR/summary.json``
-holds the metrics (``analysis.metrics.summarize_run``). Namespaces, qdiscs, BPF programs and child
-processes are removed afterwards, also after an error, Ctrl-C or SIGTERM.
+holds the metrics (``analysis.metrics.summarize_run``). Namespaces, qdiscs, BPF programs, the link
+and child processes are removed afterwards, also after an error, Ctrl-C or SIGTERM.
 
 What the lab cannot reproduce is printed before it starts and recorded in run.json (``lab.notes``):
-without sch_netem (this kernel) there is no delaying qdisc, so the path's ``rtt_ms`` and delay faults
-are not applied (the RTT the controllers see is the veth's ~0.05 ms plus real queueing delay behind
-the rate limiter); a scenario with several paths runs all its streams over the one path played;
-cross traffic is not generated; sim-only controllers (``oracle``) are skipped.
+a scenario with several paths runs all its streams over the one path played; cross traffic is not
+generated; the path's ``cc`` is not set (the kernel's default TCP runs); sim-only controllers
+(``oracle``) are skipped; with ``--link qdisc`` on this kernel, delay as well.
 """
 
 from __future__ import annotations
@@ -83,17 +89,21 @@ def trace_schedule(trace_file: Path, duration_s: float, bin_s: float = TRACE_BIN
 
 
 def plan_path(loaded: Any, path: str, duration_s: float, backend: str) -> tuple[Any, list[str]]:
-    """The PathSpec the fault player gets (a trace turned into a rate schedule) and what is not reproduced."""
+    """The PathSpec the lab plays and what it does not reproduce.
+
+    ``backend`` ``tun``: the user-space link (:mod:`live.tunlink`) plays the path as the simulator's
+    link model does -- rate, schedule, trace, queue, delay, loss and every fault -- so the spec is
+    used as it is. A qdisc backend (``netem``, ``fallback``) gets a trace as a rate schedule."""
     scn = loaded.scenario
     spec = scn.paths[path]
     notes: list[str] = []
-    if spec.trace is not None:
+    if backend != "tun" and spec.trace is not None:
         points = trace_schedule(loaded.trace_path(path), duration_s)
         notes.append(f"path {path}: trace {spec.trace} replayed as a tbf rate updated every "
                      f"{TRACE_BIN_S * 1000:.0f} ms (bins with no delivery opportunity get "
                      f"{MIN_TRACE_RATE_MBPS} Mbit/s; per-packet delivery timing is not kept)")
         spec = spec.model_copy(update={"trace": None, "rate_schedule": [_rate_point(p) for p in points]})
-    if backend != "netem":
+    if backend not in ("netem", "tun"):
         delays = [f for f in scn.faults_for(path) if f.kind == "delay"]
         notes.append(f"path {path}: rtt_ms={spec.rtt_ms:g} not applied" + (f", {len(delays)} delay fault(s) skipped"
                                                                           if delays else "")
@@ -106,6 +116,8 @@ def plan_path(loaded: Any, path: str, duration_s: float, backend: str) -> tuple[
         notes.append(f"path {path}: cross_traffic not generated by the lab")
     if spec.cc != "cubic":
         notes.append(f"path {path}: cc={spec.cc} not set (the server's sockets use the system default)")
+    if backend == "tun" and any(f.kind == "delay" and f.jitter_ms > 0 for f in scn.faults_for(path)):
+        notes.append(f"path {path}: delay-fault jitter not applied (the link keeps delay constant, as the simulator)")
     return spec, notes
 
 
@@ -217,12 +229,60 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-# --------------------------------------------------------------------------- one controller
-def _run_controller(pair: Any, *, loaded: Any, scenario_file: Path, path: str, base: Any, controller: str,
-                    out: Path, port: int, streams: int | None, time_limit_s: float, seed: int | None,
-                    log: Callable[[str], None]) -> dict[str, Any]:
-    from live.faults import FaultPlayer
+# --------------------------------------------------------------------------- the path's timeline
+class _QdiscTimeline:
+    """The path as qdiscs on the server's veth end: the fault player (netem, or tbf + tc-bpf)."""
 
+    def __init__(self, pair: Any, faults: list[Any], base: Any, log: Callable[[str], None]) -> None:
+        from live.faults import FaultPlayer
+
+        trace_replay = base.rate_schedule is not None and len(base.rate_schedule) > 20
+
+        def player_log(msg: str) -> None:
+            if trace_replay and msg.startswith("[faults] t="):
+                return  # 10 rate changes a second: not worth a line each
+            log("      " + msg)
+
+        self.player = FaultPlayer(pair.if_a, faults, netns=pair.ns_a, base=base, handle_signals=False,
+                                  log=player_log)
+
+    def start(self, t0: float) -> None:
+        self.player.t0_s = t0
+        self.player.start()
+
+    def summary(self) -> dict[str, Any]:
+        passed, dropped = self.player.dropper_counters()
+        return {"backend": self.player.backend, "load_s": round(self.player.elapsed_s(), 3),
+                "shape_changes": len(self.player.history), "dropper_passed": passed, "dropper_dropped": dropped}
+
+    def stop(self) -> None:
+        self.player.stop()
+
+
+class _TunTimeline:
+    """The path as the user-space link between the namespaces (:mod:`live.tunlink`)."""
+
+    def __init__(self, pair: Any) -> None:
+        self.link = pair.link
+
+    def start(self, t0: float) -> None:
+        self.link.start_clock(t0)
+
+    def summary(self) -> dict[str, Any]:
+        stats = self.link.stats()
+        down = stats.get("down", {})
+        return {"backend": "tun", "load_s": round(time.monotonic() - (self.link.t0 or time.monotonic()), 3),
+                "link_random_drops": down.get("random_drops"), "link_tail_drops": down.get("tail_drops"),
+                "link": stats}
+
+    def stop(self) -> None:
+        pass  # the link goes with its namespaces (tun_pair)
+
+
+# --------------------------------------------------------------------------- one controller
+def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller: str, out: Path, port: int,
+                    streams: int | None, time_limit_s: float, seed: int | None,
+                    log: Callable[[str], None]) -> dict[str, Any]:
     url = f"http://{pair.addr_a}:{port}"
     t_start = time.monotonic()
     server_cmd = [PY, "-m", "live.lab", "--serve-child", "--scenario", str(scenario_file), "--controller",
@@ -230,15 +290,6 @@ def _run_controller(pair: Any, *, loaded: Any, scenario_file: Path, path: str, b
                   pair.if_a, "--duration", f"{time_limit_s + 60:g}"]
     server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL, stdin=subprocess.PIPE)
     client: subprocess.Popen[str] | None = None
-    trace_replay = base.rate_schedule is not None and len(base.rate_schedule) > 20
-
-    def player_log(msg: str) -> None:
-        if trace_replay and msg.startswith("[faults] t="):
-            return  # 10 rate changes a second: not worth a line each
-        log("      " + msg)
-
-    player = FaultPlayer(pair.if_a, loaded.scenario.faults_for(path), netns=pair.ns_a, base=base,
-                         handle_signals=False, log=player_log)
     try:
         health = _wait_ready(pair.ns_b, url, server, READY_TIMEOUT_S)
         log(f"[lab]   server ready in {time.monotonic() - t_start:.1f} s ({health.get('mode')} mode, "
@@ -259,31 +310,26 @@ def _run_controller(pair: Any, *, loaded: Any, scenario_file: Path, path: str, b
             proc.stdin.write(f"T0 {t0!r}\n")
             proc.stdin.close()  # EOF: their stdin readers end (asyncio waits for its executor's threads)
             proc.stdin = None  # communicate() must not flush it
-        player.t0_s = t0
-        player.start()
+        timeline.start(t0)
         try:
             c_out, c_err = client.communicate(timeout=time_limit_s + 60)
         except subprocess.TimeoutExpired:
             raise LabError(f"load client for {controller} did not finish within {time_limit_s + 60:g} s") from None
         if client.returncode != 0:
             raise LabError(f"load client for {controller} failed (rc={client.returncode}): {c_err.strip()[-1500:]}")
-        load_s = player.elapsed_s()
-        shape_changes = len(player.history)
-        passed, dropped = player.dropper_counters()
+        path_summary = timeline.summary()
         for line in (c_out or "").strip().splitlines()[-3:]:
             log(f"[lab]   client: {line}")
     finally:
         _stop(client, signal.SIGTERM)
         _stop(server, signal.SIGINT)
         try:
-            player.stop()
+            timeline.stop()
         except Exception as exc:  # reported, but the other controllers still run
-            log(f"[lab]   fault player: {exc}")
+            log(f"[lab]   path: {exc}")
     if server.returncode not in (0, -signal.SIGINT, 130):
         raise LabError(f"server for {controller} exited with rc={server.returncode}: {_tail(server)[-1500:]}")
-    return {"controller": controller, "port": port, "wall_s": round(time.monotonic() - t_start, 3),
-            "load_s": round(load_s, 3), "backend": player.backend, "shape_changes": shape_changes,
-            "dropper_passed": passed, "dropper_dropped": dropped}
+    return {"controller": controller, "port": port, "wall_s": round(time.monotonic() - t_start, 3), **path_summary}
 
 
 # --------------------------------------------------------------------------- the lab
@@ -327,6 +373,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, help="seconds of load per controller (default: scenario max, <= 600)")
     p.add_argument("--seed", type=int, help="client seed (default: the scenario's)")
     p.add_argument("--port", type=int, default=8000, help="server port of the first controller (then +1 each)")
+    p.add_argument("--link", choices=("tun", "qdisc"), default="tun",
+                   help="how the path is played: tun = a user-space link between the namespaces running the "
+                   "simulator's link model (rate, schedule, trace, queue, delay, loss, every fault; default); "
+                   "qdisc = qdiscs on a veth pair (netem, or tbf + tc-bpf where the kernel has no netem: no delay)")
     return p
 
 
@@ -363,39 +413,58 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from live.faults import detect_backend
     from live.netns import veth_pair
+    from live.tunlink import tun_pair
 
     time_limit_s = args.time_limit if args.time_limit is not None else min(scn.max_duration_s, 600.0)
-    backend = detect_backend()
+    backend = "tun" if args.link == "tun" else detect_backend()
+    seed = args.seed if args.seed is not None else scn.seed
     try:
         base, notes = plan_path(loaded, path, time_limit_s + 5, backend)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out.mkdir(parents=True, exist_ok=True)
-    log(f"[lab] scenario {scn.name}, path {path}, controllers {', '.join(names)}; fault backend {backend}; "
+    log(f"[lab] scenario {scn.name}, path {path}, controllers {', '.join(names)}; path played by {backend}; "
         f"results in {out}")
     for note in notes:
         log(f"[lab] not reproduced: {note}")
     lab_info: dict[str, Any] = {"path": path, "backend": backend, "notes": notes, "time_limit_s": time_limit_s,
-                                "streams": args.streams, "runs": []}
+                                "streams": args.streams, "seed": seed, "runs": [], "netns": []}
+    faults = scn.faults_for(path)
+
+    @contextlib.contextmanager
+    def network() -> Iterator[tuple[Any, Callable[[Any], Any]]]:
+        """The two hosts and how to play the path on them. The user-space link is made anew for each
+        controller (the same losses, schedule and trace from time 0); the veth pair is shared."""
+        if backend == "tun":
+            with tun_pair(base, faults, loaded.base_dir, seed=seed, path_index=list(scn.paths).index(path)) as pair:
+                yield pair, lambda p: _TunTimeline(p)
+        else:
+            with veth_pair() as pair:
+                yield pair, lambda p: _QdiscTimeline(p, faults, base, log)
+
     ran: list[str] = []
     rc = 0
     t0 = time.monotonic()
     try:
-        with _signals_raise(), veth_pair() as pair:
-            lab_info.update(netns=[pair.ns_a, pair.ns_b], iface=pair.if_a, server_addr=pair.addr_a,
-                            client_addr=pair.addr_b)
+        with _signals_raise(), contextlib.ExitStack() as shared:
+            shared_net = shared.enter_context(network()) if backend != "tun" else None
             for i, name in enumerate(names):
-                log(f"[lab] ({i + 1}/{len(names)}) {name}: server in {pair.ns_a}, load client in {pair.ns_b}")
-                try:
-                    res = _run_controller(pair, loaded=loaded, scenario_file=scenario_file, path=path, base=base,
-                                          controller=name, out=out, port=args.port + i, streams=args.streams,
-                                          time_limit_s=time_limit_s, seed=args.seed, log=log)
-                except LabError as exc:
-                    log(f"[lab] ({i + 1}/{len(names)}) {name} FAILED: {exc}")
-                    lab_info["runs"].append({"controller": name, "error": str(exc)})
-                    rc = 1
-                    continue
+                with contextlib.ExitStack() as own:
+                    pair, timeline_for = shared_net or own.enter_context(network())
+                    if pair.ns_a not in lab_info["netns"]:
+                        lab_info["netns"] += [pair.ns_a, pair.ns_b]
+                    lab_info.update(iface=pair.if_a, server_addr=pair.addr_a, client_addr=pair.addr_b)
+                    log(f"[lab] ({i + 1}/{len(names)}) {name}: server in {pair.ns_a}, load client in {pair.ns_b}")
+                    try:
+                        res = _run_controller(pair, timeline_for(pair), scenario_file=scenario_file, controller=name,
+                                              out=out, port=args.port + i, streams=args.streams,
+                                              time_limit_s=time_limit_s, seed=args.seed, log=log)
+                    except LabError as exc:
+                        log(f"[lab] ({i + 1}/{len(names)}) {name} FAILED: {exc}")
+                        lab_info["runs"].append({"controller": name, "error": str(exc)})
+                        rc = 1
+                        continue
                 ran.append(name)
                 lab_info["runs"].append(res)
                 log(f"[lab] ({i + 1}/{len(names)}) {name} done in {res['wall_s']:.1f} s")

@@ -98,9 +98,11 @@ def faulted_capacity(spec: PathSpec, faults: list, base_dir: Path) -> Capacity:
     return FaultedCapacity(capacity, windows) if windows else capacity
 
 
-def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, base_dir: Path,
-               rng: np.random.Generator) -> PathRuntime:
-    capacity = faulted_capacity(spec, faults, base_dir)
+def loss_model_for(spec: PathSpec, faults: list, rng: np.random.Generator) -> LossModel | None:
+    """The path's loss process: its base loss with the loss faults as time windows over it (None: no loss).
+
+    Every model draws from `rng`, so the same seed gives the same losses wherever the model runs
+    (the simulator's link, or `live.tunlink`'s user-space link)."""
     loss: LossModel | None = None if spec.loss is None else _loss_model(spec.loss, rng)
     loss_windows = [(f.at_s, f.end_s, _loss_model(f, rng))
                     for f in faults if isinstance(f, LossFault | GilbertElliottFault)]
@@ -108,6 +110,13 @@ def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, 
         from sim.link import NoLoss
 
         loss = TimedLoss(loss or NoLoss(), loss_windows)
+    return loss
+
+
+def build_path(env: simpy.Environment, name: str, spec: PathSpec, faults: list, base_dir: Path,
+               rng: np.random.Generator) -> PathRuntime:
+    capacity = faulted_capacity(spec, faults, base_dir)
+    loss = loss_model_for(spec, faults, rng)
     delay_windows = [(f.at_s, f.end_s, f.delay_ms / 1000) for f in faults if isinstance(f, DelayFault)]
     one_way_s = spec.rtt_ms / 2000
     queue = spec.queue_bytes or default_queue_bytes(spec, base_dir)

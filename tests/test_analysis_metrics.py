@@ -233,6 +233,11 @@ def test_rank_and_table(run_dir: Path):
         }
     }
     assert rank_controllers(tie) == ["b", "a", "c"]
+    # QoE within QOE_TIE (0.005) of the top is a tie that fewer wasted tokens break; beyond it QoE rules
+    close = {"x": {"qoe_mean": 0.900, "tokens_wasted": 50}, "y": {"qoe_mean": 0.897, "tokens_wasted": 10},
+             "z": {"qoe_mean": 0.890, "tokens_wasted": 0}}
+    assert rank_controllers(close) == ["y", "x", "z"]
+    assert rank_controllers(close, qoe_tie=0) == ["x", "y", "z"]
     table = format_table(summary)
     assert table.row_count == 2
     from rich.console import Console

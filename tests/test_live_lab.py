@@ -1,5 +1,6 @@
-"""`python -m live lab`: a small scenario on a real kernel network (two namespaces joined by veth), two
-controllers in turn, recorded and summarized — and nothing of ours left behind afterwards."""
+"""`python -m live lab`: a small scenario on a real kernel network, two controllers in turn, recorded
+and summarized — and nothing of ours left behind afterwards. Here with the path as qdiscs on a veth
+pair (``--link qdisc``); the default user-space link is exercised by test_live_lab_fidelity.py."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def test_lab_runs_two_controllers_in_namespaces_and_cleans_up(live, tmp_path):  
     nft_before = _sh("nft", "list", "tables")
     t0 = time.monotonic()
     proc = subprocess.run([PY, "-m", "live", "lab", str(scenario), "--out", str(out), "--streams", "10",
-                           "--time-limit", "15"], capture_output=True, text=True, timeout=90, check=False)
+                           "--time-limit", "15", "--link", "qdisc"],
+                          capture_output=True, text=True, timeout=90, check=False)
     wall_s = time.monotonic() - t0
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert wall_s <= 60, f"lab run took {wall_s:.1f} s"

@@ -37,17 +37,11 @@ def summaries(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     return get
 
 
-QOE_TIE = 0.005  # QoE differences below this are noise (parameter nudges move per-scenario QoE by ~0.005)
-
-
 def best_non_oracle(summary: dict[str, Any]) -> str:
-    """The best controller a live server could run: highest QoE, where QoE within QOE_TIE of the top
-    counts as a tie that the lower waste breaks (then the ranking's own order)."""
+    """The best controller a live server could run (analysis.metrics.rank_controllers: QoE within
+    QOE_TIE of the top is a tie, which the fewer wasted tokens break)."""
     s = summary["controllers"]
-    live_able = [c for c in rank_controllers(summary) if not controllers.get(c).sim_only]
-    top = max(s[c]["qoe_mean"] for c in live_able)
-    tied = [c for c in live_able if s[c]["qoe_mean"] >= top - QOE_TIE]
-    return min(tied, key=lambda c: (s[c]["tokens_wasted"], live_able.index(c)))
+    return rank_controllers({c: m for c, m in s.items() if not controllers.get(c).sim_only})[0]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -1,0 +1,309 @@
+"""live.tunlink on a real kernel: two namespaces joined by TUN devices and the user-space link.
+
+What a path promises, measured from outside the link: the RTT an idle ping sees, the goodput and the
+queueing delay of a bulk TCP flow, the loss rate, an outage's silence, a rate step — and that nothing
+of ours is left behind afterwards. Needs root (``@pytest.mark.live``). Pings are raw ICMP sockets
+with kernel receive timestamps (``SO_TIMESTAMPNS``), so the test process' own scheduling delays
+do not count as network delay; there is no ``ping`` binary here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from live.netns import NETNS_DIR, in_netns
+from live.tunlink import TunPair, tun_pair
+from scenarios.schema import PathSpec, Scenario
+
+pytestmark = pytest.mark.live
+
+REPO = Path(__file__).resolve().parents[1]
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def _path(**kw: Any) -> PathSpec:
+    return PathSpec.model_validate(kw)
+
+
+def _faults(*faults: dict[str, Any]) -> list[Any]:
+    scn = Scenario.model_validate({"name": "t", "workload": {"arrivals": {"kind": "poisson", "rate_per_s": 1},
+                                                             "streams": 1},
+                                   "paths": {"p": {"rate_mbps": 1}}, "faults": list(faults)})
+    return scn.faults_for("p")
+
+
+# ----------------------------------------------------------------------------------------- ping
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def ping(pair: TunPair, count: int, interval_s: float, *, payload: int = 56, wait_s: float = 3.0
+         ) -> list[tuple[float, float | None]]:
+    """ICMP echo from side b to side a: ``(sent, received or None)`` per request, on the monotonic clock.
+
+    The receive time is the kernel's timestamp of the reply, converted from CLOCK_REALTIME."""
+    with in_netns(pair.ns_b):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    ident = (os.getpid() + threading.get_ident()) & 0xFFFF
+    sent: dict[int, float] = {}
+    got: dict[int, float] = {}
+    stop = threading.Event()
+
+    def receiver() -> None:
+        while not stop.is_set():
+            if not select.select([s], [], [], 0.05)[0]:
+                continue
+            data, anc, _, _ = s.recvmsg(2048, 64)
+            mono, real = time.monotonic(), time.time()
+            t = mono
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", raw[:16])
+                    t = mono - (real - (sec + nsec * 1e-9))
+            ihl = (data[0] & 0xF) * 4
+            typ, _, _, pid, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if typ == 0 and pid == ident and seq not in got:
+                got[seq] = t
+
+    th = threading.Thread(target=receiver, daemon=True)
+    th.start()
+    body = b"x" * payload
+    t_next = time.monotonic()
+    try:
+        for seq in range(count):
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            pkt = struct.pack("!BBHHH", 8, 0, _checksum(header + body), ident, seq) + body
+            ahead = t_next - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            sent[seq] = time.monotonic()
+            s.sendto(pkt, (pair.addr_a, 0))
+            t_next += interval_s
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and len(got) < count:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        th.join(2.0)
+        s.close()
+    return [(sent[q], got.get(q)) for q in range(count)]
+
+
+def _rtts_ms(pings: list[tuple[float, float | None]]) -> list[float]:
+    return sorted((r - s) * 1000 for s, r in pings if r is not None)
+
+
+# ----------------------------------------------------------------------------------------- iperf3
+def _iperf3(pair: TunPair, args: list[str], timeout_s: float = 30) -> dict[str, Any]:
+    """An iperf3 server in a (one test), the client in b with ``args``; the client's JSON report."""
+    server = pair.popen("a", ["iperf3", "-s", "-1", "-B", pair.addr_a, "--forceflush"])
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # listening?
+            if f"{pair.addr_a}:5201" in pair.run("a", ["ss", "-ltn"]).stdout:
+                break
+            time.sleep(0.05)
+        proc = pair.run("b", ["iperf3", "-c", pair.addr_a, "-J", *args], check=False, timeout_s=timeout_s)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+    finally:
+        pair.stop(server)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper does not count: it holds no fd and no device)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _leftovers(pair: TunPair) -> list[str]:
+    left = [ns for ns in (pair.ns_a, pair.ns_b) if os.path.exists(f"{NETNS_DIR}/{ns}")]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    left += [f"device {i}" for i in (pair.if_a, pair.if_b) if f" {i}:" in links or f" {i}@" in links]
+    if pair.link.proc.poll() is None:
+        left.append(f"link process {pair.link.pid}")
+    return left
+
+
+# ----------------------------------------------------------------------------------------- tests
+def test_idle_ping_sees_the_path_rtt(live: None) -> None:
+    """(a) rtt_ms=40 on an idle link: every ping 40 ms (+ a packet's transmission and the link's lateness)."""
+    with tun_pair(_path(rate_mbps=10, rtt_ms=40), [], REPO, seed=1) as pair:
+        pair.link.start_clock()
+        rtts = _rtts_ms(ping(pair, 25, 0.04))
+        stats = pair.link.stats()
+    print(f"\nidle ping rtt_ms=40: n={len(rtts)} min {rtts[0]:.2f} p50 {rtts[len(rtts) // 2]:.2f} "
+          f"max {rtts[-1]:.2f} ms; link lateness down {stats['lateness_down']}")
+    assert len(rtts) >= 24
+    assert rtts[0] >= 40.0 - 0.05, "faster than the propagation delay"
+    assert 38.0 <= rtts[len(rtts) // 2] <= 42.0
+    # this VM stalls now and then for several ms (both vCPUs at once: the host); most pings are spared
+    assert sum(38.0 <= r <= 42.0 for r in rtts) >= 0.8 * len(rtts)
+
+
+def test_bulk_flow_goodput_and_queue_bound(live: None) -> None:
+    """(b) iperf3 over 10 Mbit/s, rtt 20 ms, a BDP of queue: goodput 90-100 % of the rate (TCP/IP headers
+    cost 52 of 1500 bytes). (c) Pings alongside never wait longer than rtt + queue_bytes at the rate."""
+    rate, rtt_ms = 10e6, 20
+    queue = int(rate / 8 * rtt_ms / 1000)  # 25 000 bytes
+    with tun_pair(_path(rate_mbps=rate / 1e6, rtt_ms=rtt_ms, queue_bytes=queue), [], REPO, seed=1) as pair:
+        pair.link.start_clock()
+        box: dict[str, Any] = {}
+        pinger = threading.Thread(target=lambda: box.setdefault("p", ping(pair, 110, 0.05, wait_s=1.0)))
+        pinger.start()
+        report = _iperf3(pair, ["-R", "-t", "6", "-O", "1"])
+        pinger.join()
+        stats = pair.link.stats()
+    goodput = report["end"]["sum_received"]["bits_per_second"]
+    rtts = _rtts_ms(box["p"])
+    bound_ms = rtt_ms + queue * 8 / rate * 1000
+    print(f"\niperf3 10 Mbit/s rtt 20 ms BDP queue: goodput {goodput / 1e6:.2f} Mbit/s "
+          f"({100 * goodput / rate:.1f} %), retransmits {report['end']['sum_sent'].get('retransmits')}; "
+          f"ping under load min {rtts[0]:.1f} max {rtts[-1]:.1f} ms (bound {bound_ms:.0f} ms); "
+          f"tail drops {stats['down']['tail_drops']}, max backlog {stats['down']['max_backlog_bytes']} B; "
+          f"lateness down {stats['lateness_down']}, up {stats['lateness_up']}; "
+          f"link cpu {stats['cpu_pct_since_clock']} % ({stats['sched']})")
+    assert 0.90 * rate <= goodput <= 1.0 * rate
+    assert len(rtts) >= 100
+    # Queueing delay is bounded by the queue; what the host adds on top is the link's release lateness
+    # (it measures it) -- a stalled VM delays a ping however small the queue.
+    assert rtts[int(0.9 * len(rtts))] <= bound_ms + 3.0, "packets waited longer than the queue can hold"
+    late_ms = (stats["lateness_down"]["max_us"] + stats["lateness_up"]["max_us"]) / 1000
+    assert rtts[-1] <= bound_ms + 3.0 + late_ms, "a packet waited longer than the queue can hold"
+    assert rtts[-1] >= rtt_ms + 0.5 * (bound_ms - rtt_ms), "the bulk flow never filled the queue"
+    assert 0 < stats["down"]["max_backlog_bytes"] <= queue
+    assert stats["io"]["write_errors"] == 0
+
+
+def test_bernoulli_loss_rate(live: None) -> None:
+    """(d) p = 0.05: the link drops 5 % +- 1.5 % of what it is offered (a UDP flood of ~2800 packets)."""
+    # a deep queue: iperf3's UDP sender bursts when it falls behind, and tail drops are not what is measured
+    spec = _path(rate_mbps=20, rtt_ms=10, queue_bytes=300_000, loss={"kind": "bernoulli", "p": 0.05})
+    with tun_pair(spec, [], REPO, seed=3) as pair:
+        pair.link.start_clock()
+        report = _iperf3(pair, ["-R", "-u", "-b", "16M", "-l", "1400", "-t", "2"])
+        stats = pair.link.stats()
+    down = stats["down"]
+    rate = down["random_drops"] / down["offered_pkts"]
+    udp_lost = report["end"]["sum"]["lost_percent"]
+    print(f"\nbernoulli 0.05: link dropped {down['random_drops']}/{down['offered_pkts']} = {100 * rate:.2f} %; "
+          f"iperf3 receiver lost {udp_lost:.2f} %")
+    assert down["offered_pkts"] >= 2000
+    assert 0.035 <= rate <= 0.065
+    assert 3.5 <= udp_lost <= 6.5
+    assert down["tail_drops"] <= 0.01 * down["offered_pkts"]
+    io = stats["io"]  # the uplink loses nothing (what is not written yet is still in flight)
+    assert 0 <= io["up_read_pkts"] - io["up_written_pkts"] <= stats["pending_pkts"] and io["write_errors"] == 0
+
+
+def test_outage_delivers_nothing(live: None) -> None:
+    """(e) A 2 s outage from t=1 s: no reply reaches b between t=1 s (+ the last one in flight) and t=3 s;
+    the replies held in the queue come out at the end of it."""
+    faults = _faults({"kind": "outage", "at_s": 1.0, "duration_s": 2.0})
+    with tun_pair(_path(rate_mbps=10, rtt_ms=20), faults, REPO, seed=1) as pair:
+        t0 = pair.link.start_clock()
+        pings = ping(pair, 80, 0.05)
+        stats = pair.link.stats()
+    arrivals = sorted(r - t0 for _, r in pings if r is not None)
+    gaps = [(b - a, a, b) for a, b in itertools.pairwise(arrivals)]
+    gap, gap_from, gap_to = max(gaps)
+    inside = [t for t in arrivals if 1.0 + 0.010 + 0.010 < t < 3.0]  # + rtt/2 + slack for the last one out
+    print(f"\noutage [1, 3) s: {len(arrivals)} replies, longest silence {gap * 1000:.0f} ms "
+          f"({gap_from:.3f} -> {gap_to:.3f} s); replies inside {inside}")
+    assert not inside, f"replies delivered during the outage at t = {inside}"
+    assert len(arrivals) >= 79, "replies queued during the outage were not delivered after it"
+    assert gap >= 1.9
+    assert 3.010 <= gap_to <= 3.030  # the first held reply: end of the outage + rtt/2 (+ the link's lateness)
+    assert stats["down"]["tail_drops"] == 0
+
+
+def test_rate_schedule_step_shows_in_throughput(live: None) -> None:
+    """(f) 10 Mbit/s, then 3 Mbit/s from t=3 s: iperf3's half-second intervals follow the step."""
+    spec = _path(rate_schedule=[{"at_s": 0, "rate_mbps": 10}, {"at_s": 3, "rate_mbps": 3}], rtt_ms=20,
+                 queue_bytes=25_000)
+    with tun_pair(spec, [], REPO, seed=1) as pair:
+        pair.link.start_clock()
+        report = _iperf3(pair, ["-R", "-t", "6", "-i", "0.5"])
+    iv = [(i["sum"]["start"], i["sum"]["end"], i["sum"]["bits_per_second"] / 1e6) for i in report["intervals"]]
+    # iperf3's clock starts a little after the link's (its control connection first): the step lands in 2.5-3.0
+    before = [m for s, e, m in iv if s >= 1.0 and e <= 2.6]
+    after = [m for s, e, m in iv if s >= 3.0]
+    print("\nrate step 10 -> 3 Mbit/s at 3 s: intervals " + ", ".join(f"{s:.1f}-{e:.1f}:{m:.2f}" for s, e, m in iv))
+    assert before and after
+    mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
+    assert mean_before >= 8.5 and min(before) >= 7.5  # 10 Mbit/s x 1448/1500 = 9.65
+    assert 2.6 <= mean_after <= 3.1  # 3 Mbit/s x 1448/1500 = 2.9
+    # iperf3 counts what it read: when the host stalls it, data moves from one interval to the next
+    assert max(after) <= 4.5
+
+
+def test_cleanup_after_exit_error_sigterm_and_sigkill(live: None) -> None:
+    """(g) Nothing left: not after a normal exit, an exception, SIGTERM of the caller, or SIGKILL of it
+    (the link process notices its parent is gone and removes everything itself)."""
+    spec = _path(rate_mbps=10, rtt_ms=10)
+    with tun_pair(spec, [], REPO) as pair:
+        assert pair.run("a", ["ip", "-o", "link", "show", pair.if_a]).returncode == 0
+        assert pair.link.proc.poll() is None
+    assert _leftovers(pair) == []
+    assert pair.link.stats()["io"]["write_errors"] == 0  # the final stats stay readable
+
+    with pytest.raises(RuntimeError, match="boom"), tun_pair(spec, [], REPO) as pair:
+        raise RuntimeError("boom")
+    assert _leftovers(pair) == []
+
+    script = textwrap.dedent(f"""
+        import json, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from scenarios.schema import PathSpec
+        from live.tunlink import tun_pair
+        with tun_pair(PathSpec(rate_mbps=10, rtt_ms=10), [], ".") as pair:
+            print(json.dumps({{"ns": [pair.ns_a, pair.ns_b], "ifs": [pair.if_a, pair.if_b],
+                              "pid": pair.link.pid}}), flush=True)
+            time.sleep(60)
+    """)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert caller.stdout is not None
+            info = json.loads(caller.stdout.readline())
+            caller.send_signal(sig)
+            caller.wait(15)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+                left = [ns for ns in info["ns"] if os.path.exists(f"{NETNS_DIR}/{ns}")]
+                left += [i for i in info["ifs"] if f" {i}:" in links]
+                if _alive(info["pid"]):
+                    left.append(f"pid {info['pid']}")
+                if not left:
+                    break
+                time.sleep(0.1)
+            assert not left, f"after {signal.Signals(sig).name} of the caller: {left}"
+        finally:
+            if caller.poll() is None:
+                caller.kill()
+                caller.wait()
