@@ -4,7 +4,9 @@ It reads the folder (run.json and each controller's CSV files), recomputes summa
 the raw files, draws the plots into DIR/plots/, writes DIR/report.html, prints the comparison
 table and the report's path. ``python -m analysis report DIR`` is the same thing spelled out.
 ``python -m analysis compare SIM_DIR LIVE_DIR`` measures the simulator's fidelity against a lab
-run of the same scenario (:mod:`analysis.compare`); other subcommands (``train``) will sit beside.
+run of the same scenario (:mod:`analysis.compare`). ``python -m analysis train INPUT`` fits the
+telemetry models (anomaly detector, RTT forecaster) on telemetry and reports their quality
+(:mod:`analysis.train`).
 
 Bad input — a missing folder or file, a CSV with a missing column or a cell that is not a
 number — ends with exit code 2 and one line naming the file (and column), never a traceback.
@@ -25,7 +27,7 @@ __all__ = ["DEFAULT_COMMAND", "SUBCOMMANDS", "build_parser", "main"]
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_COMMAND = "report"
 #: a first argument that is none of these is a results folder for the default command.
-SUBCOMMANDS: tuple[str, ...] = ("report", "compare")
+SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train")
 PROGRESS_MIN_CONTROLLERS = 3  # show a progress bar while plotting from this many controllers
 
 
@@ -77,6 +79,27 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=_cmd_compare)
 
 
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from analysis.train import add_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="fit the anomaly detector and the RTT forecaster on telemetry; report how good they are",
+        description="Fit Pipeline(StandardScaler, IsolationForest) on every interval's anomaly features and a "
+        "gradient-boosted next-interval p95 RTT forecaster, score the forecaster on a time-ordered hold-out "
+        "against persistence, and write anomaly.skops, rtt_forecast.skops, training_metrics.json and "
+        "model_result.png. INPUT is seed 001's net_data.csv, a telemetry.csv or a results folder.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            The features are those of controllers/features.py (the controllers compute the same online).
+            exit codes: 0 done; 2 bad input (missing file or column, a cell that is not a number, too few
+            rows to train, an option out of range; named on stderr); 1 internal error (rerun with --debug)."""),
+    )
+    add_arguments(p)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis",
@@ -87,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
               python -m analysis DIR [--no-plots]          same as: python -m analysis report DIR
               python -m analysis report DIR [--no-plots]
               python -m analysis compare SIM_DIR LIVE_DIR [--out DIR] [--no-plots]
+              python -m analysis train INPUT [--out DIR] [--contamination 0.15] [--estimators 200] ...
 
             DIR holds run.json and one folder per controller with streams.csv and tokens.csv
             (plus telemetry.csv, server.csv, request_traces.csv, events.csv, links.csv when
@@ -96,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_report(sub)
     _add_compare(sub)
+    _add_train(sub)
     return parser
 
 
@@ -160,6 +185,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for name in result["plots"].values():
         out.print(f"plot: {out_dir / name}", highlight=False, soft_wrap=True)
     out.print(f"fidelity: {path}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from analysis.train import format_metrics, options_from_args, train
+
+    try:
+        options = options_from_args(args)
+        options.check()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        result = train(args.input, args.out, options, plots=not args.no_plots)
+    except ImportError as exc:  # the ml extra is not installed
+        print(f"error: {exc.name or exc} is not importable: pip install 'tokenpace[ml]'", file=sys.stderr)
+        return EXIT_INTERNAL
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)
+    out.print(format_metrics(result.metrics))
+    for name, path in result.files.items():
+        out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -3,7 +3,19 @@
 Importing the package registers every built-in controller in ``REGISTRY``.
 """
 
-from controllers import aimd, buffer, ewma, fixed, mpc, oracle, pid, sigmoid, unpaced  # noqa: F401  (registration)
+from controllers import (  # noqa: F401  (registration)
+    aimd,
+    anomaly,
+    buffer,
+    ewma,
+    fixed,
+    mpc,
+    oracle,
+    pid,
+    predictive,
+    sigmoid,
+    unpaced,
+)
 from controllers.base import UNPACED, Controller, Decision, Observation, OracleView, Params
 from controllers.reader import ReaderEstimate
 from controllers.registry import REGISTRY, ControllerInfo, UnknownController, display_info, get, make, validate_params

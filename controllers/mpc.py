@@ -121,10 +121,15 @@ class Mpc(Controller):
                 + p.cushion_weight * max(0.0, p.target_buffer_s - b / r)
                 + p.smooth_weight * abs(g - self.rate_tps) / r)
 
+    def predict_capacity(self, obs: Observation) -> float:
+        """Predicted delivery (tokens/s; inf = the path is not the limit): RobustMPC's discounted
+        harmonic mean. Called once per decision, after the observation is taken in."""
+        return self._harmonic_mean() / (1.0 + max(self._errors, default=0.0))
+
     def decide(self, obs: Observation) -> Decision:
         p = self.params
         self._observe(obs)
-        c = self._harmonic_mean() / (1.0 + max(self._errors, default=0.0))
+        c = self.predict_capacity(obs)
         self.predicted_tps = c
         r = max(obs.reading_tps, 1e-6)
         top = p.max_tps

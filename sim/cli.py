@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         console.print(format_table(summary))
         ranking = rank_controllers(summary)
-        console.print(f"best (QoE, ties within 0.005 by wasted tokens): [bold]{ranking[0]}[/bold]   ranking: {' > '.join(ranking)}")
+        console.print(f"best (QoE, ties within 0.005 by wasted tokens): [bold]{ranking[0]}[/bold]   "
+                      f"ranking: {' > '.join(ranking)}")
         sim_s = sum(s.sim_end_s for s in stats)
         wall_s = sum(s.wall_s for s in stats)
         console.print(f"{sim_s:.0f} simulated s in {wall_s:.1f} s of CPU; results in {plan.out}/ "

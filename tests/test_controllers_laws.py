@@ -11,11 +11,13 @@ import pytest
 import controllers
 from controllers import Observation
 from controllers.aimd import Aimd, AimdParams
+from controllers.anomaly import Anomaly, AnomalyParams
 from controllers.buffer import Buffer, BufferParams
 from controllers.ewma import Ewma, EwmaParams
 from controllers.mpc import Mpc, MpcParams
 from controllers.oracle import HEADER_BYTES, Oracle, OracleParams
 from controllers.pid import Pid, PidParams
+from controllers.predictive import Predictive
 from controllers.sigmoid import Sigmoid, SigmoidParams
 from controllers.signals import DeliveryMeter
 
@@ -220,6 +222,72 @@ def test_mpc_stops_feeding_a_dead_path():
     c = Mpc()
     assert feed_mpc(c, ack_tps=0.0, backlog=30) == 0.0
     assert c.predicted_tps == 0.0
+
+
+# ---------------------------------------------------------------- anomaly, predictive
+
+
+@dataclass
+class FixedScore:
+    value: float
+
+    def score(self, vector: Any) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(("score", "gate"), [(0.05, 1.0), (0.0, 1.0), (-0.05, 0.5), (-0.1, 0.0), (-0.3, 0.0)])
+def test_anomaly_gate_scales_the_sigmoid_rate_towards_min(score: float, gate: float):
+    c = Anomaly(AnomalyParams(gate_width=0.1))
+    c._detector = FixedScore(score)  # type: ignore[assignment]
+    sig = Sigmoid()
+    o = obs(1.0, srtt_ms=80.0, rtt_min_ms=40.0, rtt_p95_ms=90.0, retrans=1)
+    r_sig = sig.decide(o).rate_tps
+    assert r_sig is not None
+    assert c.decide(o).rate_tps == pytest.approx(5.0 + gate * (r_sig - 5.0))
+    assert c.gate == pytest.approx(gate)
+
+
+def test_anomaly_bundled_forest_flags_a_tail_spike_the_sigmoid_ignores():
+    c, sig = Anomaly(), Sigmoid()
+    for k in range(30):
+        o = obs(0.1 * k, srtt_ms=40.0, rtt_min_ms=40.0, rtt_p95_ms=41.0)
+        rate = c.decide(o).rate_tps
+        sig.decide(o)
+    assert c.score >= 0 and rate == pytest.approx(60.0)  # a steady path: the sigmoid's full rate
+    # srtt barely moves but the interval's p95 triples: the sigmoid (srtt-driven) stays near max,
+    # the forest (trained on p95 inflation too) calls it anomalous and shuts the gate
+    spike = obs(3.0, srtt_ms=44.0, rtt_min_ms=40.0, rtt_p95_ms=120.0)
+    r_sig, r_anom = sig.decide(spike).rate_tps, c.decide(spike).rate_tps
+    assert r_sig is not None and r_sig > 55.0
+    assert c.score < 0 and r_anom is not None and r_anom < 0.5 * r_sig
+
+
+@dataclass
+class FixedForecast:
+    factor: float
+
+    def predict_p95_ms(self, state: Any) -> float | None:
+        return None if state.p95_ms is None else state.p95_ms * self.factor
+
+
+def test_predictive_is_mpc_while_no_rise_is_forecast():
+    plain, pred = Mpc(), Predictive()
+    pred._forecaster = FixedForecast(1.05)  # type: ignore[assignment]  # within the 10% deadband
+    assert feed_mpc(plain, ack_tps=10.0, backlog=8) == feed_mpc(pred, ack_tps=10.0, backlog=8)
+    assert pred.predicted_tps == plain.predicted_tps
+
+
+def test_predictive_scales_the_predicted_capacity_by_the_forecast_rise():
+    plain, pred = Mpc(), Predictive()
+    pred._forecaster = FixedForecast(2.0)  # the next p95 forecast at twice today's
+    r_plain = feed_mpc(plain, ack_tps=30.0, backlog=8)
+    r_pred = feed_mpc(pred, ack_tps=30.0, backlog=8)
+    assert pred.predicted_tps == pytest.approx(plain.predicted_tps / 2)
+    assert r_pred is not None and r_plain is not None and r_pred < r_plain
+    floor = Predictive()
+    floor._forecaster = FixedForecast(100.0)
+    feed_mpc(floor, ack_tps=30.0, backlog=8)
+    assert floor.predicted_tps == pytest.approx(plain.predicted_tps * 0.25)  # min_scale
 
 
 # ---------------------------------------------------------------- oracle

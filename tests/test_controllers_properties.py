@@ -54,11 +54,11 @@ def limits(c: Controller, o: Observation) -> tuple[float, float]:
         case "fixed":
             r = p.rate_tps if p.rate_tps is not None else o.reading_tps * p.headroom
             return r, r
-        case "sigmoid" | "ewma" | "pid" | "aimd":
+        case "sigmoid" | "ewma" | "pid" | "aimd" | "anomaly":
             return min(p.min_tps, p.max_tps), max(p.min_tps, p.max_tps)
         case "buffer":
             return 0.0, max(p.max_tps, o.reading_tps)
-        case "mpc" | "oracle":
+        case "mpc" | "oracle" | "predictive":
             return 0.0, p.max_tps
     raise AssertionError(f"no limits known for controller {c.name!r}: add them here")
 
