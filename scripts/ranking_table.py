@@ -2,7 +2,8 @@
 
     python scripts/ranking_table.py
 
-Per built-in scenario: controllers ranked by QoE (then waste), with waste, stall ratio,
+Per built-in scenario: controllers ranked as everywhere (analysis.metrics.rank_controllers: QoE within
+0.005 of the best is a tie, which fewer wasted tokens break), with waste, stall ratio,
 effective throughput and SLO attainment. The numbers are those in tests/golden/*.json.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from analysis.metrics import rank_controllers
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 
@@ -19,7 +22,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in sorted(GOLDEN.glob("*.json")):
         pinned = json.loads(path.read_text())
-        order = sorted(pinned, key=lambda c: (-(pinned[c]["qoe_mean"] or 0), pinned[c]["waste_frac"] or 0, c))
+        order = rank_controllers(pinned)
         for rank, c in enumerate(order, 1):
             m = pinned[c]
             print(f"| {path.stem if rank == 1 else ''} | {rank} | `{c}` | {m['qoe_mean']:.4f} | {m['waste_frac']:.2%} "

@@ -60,6 +60,7 @@ def fidelity(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = json.loads((lab_dir / "fidelity.json").read_text())
     result["_lab_wall_s"] = wall_s
     result["_lab_dir"] = lab_dir
+    result["_sim_dir"] = sim_dir
     return result
 
 
@@ -91,3 +92,28 @@ def test_median_ape_at_most_10_percent(fidelity: dict[str, Any], metric: str) ->
     per_ctrl = {c: v[metric] for c, v in fidelity["per_controller"].items()}
     assert entry["median_ape"] is not None, f"{metric}: no APE (sim 0 or missing): {per_ctrl}"
     assert entry["median_ape"] <= TARGET, f"{metric}: median APE {entry['median_ape']:.1%} > 10%: {per_ctrl}"
+
+
+@pytest.mark.parametrize("which", ["_sim_dir", "_lab_dir"])
+def test_models_train_on_a_sim_and_a_lab_recording(fidelity: dict[str, Any], which: str, tmp_path: Path) -> None:
+    """Issue #6: `python -m analysis train` on each kind of recording; the models load and score."""
+    out = tmp_path / "models"
+    proc = _run([PY, "-m", "analysis", "train", str(fidelity[which]), "--out", str(out), "--estimators", "50"], 300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert 0.05 < metrics["anomaly"]["anomaly_rate"] < 0.25  # contamination 0.15 on the training rows
+    fc = metrics["forecast"]
+    assert fc["n_train"] > 0 and fc["n_test"] > 0
+    assert fc["mae_ms"]["model"] >= 0 and fc["mae_ms"]["persistence"] >= 0
+    assert (out / "model_result.png").stat().st_size > 10_000
+
+    from controllers.features import FeatureState
+    from controllers.telemetry_models import AnomalyDetector, RttForecaster
+
+    det, fcst = AnomalyDetector.load(out / "anomaly.skops"), RttForecaster.load(out / "rtt_forecast.skops")
+    state = FeatureState()
+    for k in range(12):
+        state.update(0.1 * k, 40.0 + k, 45.0 + 2 * k, 40.0, 0)
+    vector = state.anomaly_vector()
+    assert vector is not None and abs(det.score(vector)) < 1.0
+    assert (fcst.predict_p95_ms(state) or 0.0) > 0
