@@ -44,7 +44,6 @@ __all__ = [
     "PacingLoop",
     "RateTarget",
     "apply_backpressure",
-    "chunked_wire_size",
     "link_health",
     "track_connection",
     "write_token",
@@ -57,11 +56,6 @@ _HEALTH = Ewma()  # seed 001's link-quality coefficient, default thresholds: the
 def link_health(rtt_ms: float | None, retrans: int) -> float:
     """Seed 001's link quality in [0, 1] from p95 RTT and retransmits (1 = healthy)."""
     return _HEALTH.quality(rtt_ms, retrans)
-
-
-def chunked_wire_size(payload_bytes: int) -> int:
-    """Bytes one HTTP/1.1 chunk of ``payload_bytes`` takes on the wire (hex size, CRLFs)."""
-    return payload_bytes + len(f"{payload_bytes:x}") + 4
 
 
 async def write_token(resp: Any, writer: Any, payload: bytes) -> None:

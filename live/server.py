@@ -48,11 +48,11 @@ from live.pacing import (
     PacedStream,
     PacingLoop,
     apply_backpressure,
-    chunked_wire_size,
     write_token,
 )
 from live.recorder import LiveRecorder, boot_id, write_run_json
 from live.source import TelemetrySource
+from live.sse import chunked_wire_size, pad_event
 from scenarios.schema import ServerSpec
 
 __all__ = [
@@ -99,6 +99,9 @@ class LiveConfig(BaseModel):
     record_dir: Path | None = None
     duration_s: float | None = Field(None, gt=0, description="serve this long, then stop (None: until cancelled)")
     ack_grace_s: float = Field(2.0, ge=0, description="after a stream ends, wait this long for its last ACKs")
+    bytes_per_token: int | None = Field(
+        None, gt=0, description="pad each token's SSE event to this many bytes on the wire (the scenario's "
+        "bytes_per_token, so the lab carries what the simulator models); None: OpenAI's chunks as they are")
     iface: str | None = None
     fault: str | None = None
     scenario: dict[str, Any] | None = Field(None, description="resolved scenario, recorded in run.json")
@@ -141,6 +144,7 @@ class LiveConfig(BaseModel):
             "default_reading_tps": max(0.1, float(scn.clients.reading_tps.mean())),
             "ttft_expected_s": scn.clients.ttft_expected_s,
             "slo_qoe": scn.slo.qoe,
+            "bytes_per_token": scn.workload.bytes_per_token,
             "scenario": resolved,
         }
         values.update(overrides)
@@ -292,8 +296,9 @@ def parse_completion_request(body: Any, *, chat: bool, config: LiveConfig,
 class ChunkEncoder:
     """SSE events of one streamed response, OpenAI's chunk shapes, one event per token."""
 
-    def __init__(self, chat: bool, model: str) -> None:
+    def __init__(self, chat: bool, model: str, wire_bytes: int | None = None) -> None:
         self.chat = chat
+        self.wire_bytes = wire_bytes  # pad each token's event to this many bytes on the wire (None: don't)
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.model = model
@@ -306,8 +311,10 @@ class ChunkEncoder:
         t = json.dumps(text).encode()
         if self.chat:
             delta = b'{"role":"assistant","content":' + t + b"}" if idx == 0 else b'{"content":' + t + b"}"
-            return self._head + b'"delta":' + delta + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
-        return self._head + b'"text":' + t + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
+            event = self._head + b'"delta":' + delta + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
+        else:
+            event = self._head + b'"text":' + t + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
+        return event if self.wire_bytes is None else pad_event(event, self.wire_bytes)
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         obj: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -460,7 +467,7 @@ class LiveServer:
         assert engine is not None
         transport = request.transport
         ps = self.new_stream(request, req, "engine")
-        enc = ChunkEncoder(req.chat, req.model)
+        enc = ChunkEncoder(req.chat, req.model, self.config.bytes_per_token)
         words = TextGenerator(self.config.seed, ps.stream_id)
         finish = "length" if req.output_tokens >= req.max_tokens else "stop"
         n_out = req.output_tokens

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["event_data", "is_token_event", "split_sse"]
+__all__ = ["chunked_wire_size", "event_data", "is_token_event", "pad_event", "split_sse"]
 
 
 def is_token_event(data: bytes) -> bool | None:
@@ -48,3 +48,27 @@ def event_data(event: bytes) -> bytes | None:
     lines = [ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None for ln in event.split(b"\n")]
     data = [d for d in lines if d is not None]
     return b"\n".join(data) if data else None
+
+
+def chunked_wire_size(payload_bytes: int) -> int:
+    """Bytes one HTTP/1.1 chunk of ``payload_bytes`` takes on the wire (hex size, CRLFs)."""
+    return payload_bytes + len(f"{payload_bytes:x}") + 4
+
+
+def pad_event(event: bytes, wire_bytes: int) -> bytes:
+    """``event`` with an SSE comment line (``: ...``, which every client skips) put in front so that,
+    sent as one HTTP chunk, it takes exactly ``wire_bytes`` on the wire -- the scenario's
+    ``bytes_per_token``, so that the simulator and a live server carry the same bytes per token.
+    An event already that large, or too close to it for the shortest comment, is returned as is
+    (it cannot shrink). Where the chunk's hex length gains a digit (4103 B: a 4095 B payload takes
+    4102, a 4096 B one 4104) the largest size below is taken."""
+    need = wire_bytes - chunked_wire_size(len(event))
+    if need < 2:  # ":\n" is the shortest comment line
+        return event
+    pad = need
+    # the chunk's hex length may gain a digit as the payload grows: settle it
+    while pad >= 2 and chunked_wire_size(len(event) + pad) > wire_bytes:
+        pad -= 1
+    if pad < 2:
+        return event
+    return b":" + b" " * (pad - 2) + b"\n" + event

@@ -110,6 +110,7 @@ IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 MTU_BYTES = 1500
 READ_BYTES = 65536
+PACKET_LOG_ENV = "TOKENPACE_TUNLINK_LOG"
 SUBNET_PREFIX = "10.202"
 READY_TIMEOUT_S = 30.0
 RT_PRIORITY = 10  # SCHED_FIFO priority of the shuttle (see --rt-priority)
@@ -425,6 +426,10 @@ class TunLink:
         self._clock_cpu_s = self._cpu0
         self.timer_backend = "timerfd"
         self.sched = "other"
+        # TOKENPACE_TUNLINK_LOG=FILE: one line per downlink packet (t offered, IP bytes, t due or drop,
+        # TCP ports and flags, payload bytes), for comparing the lab's packets with the simulator's.
+        log_path = os.environ.get(PACKET_LOG_ENV)
+        self._pkt_log = open(log_path, "a", buffering=1 << 16) if log_path else None  # noqa: SIM115
 
     # ------------------------------------------------------------------ control
     def start_clock(self, t0: float | None = None) -> float:
@@ -500,9 +505,22 @@ class TunLink:
                 arr = self.down.offer(now - t0, n)
                 if arr is not None:
                     arr += t0
+            if self._pkt_log is not None:
+                self._log_packet(now, pkt, arr)
             if arr is None or arr == math.inf:
                 continue
             heappush(heap, (arr, next(self._seq), out_fd, pkt))
+
+    def _log_packet(self, now: float, pkt: bytes, arr: float | None) -> None:
+        t0 = self.t0 if self.t0 is not None else now
+        ihl = (pkt[0] & 0x0F) * 4 if pkt else 0
+        tcp = pkt[ihl:] if len(pkt) >= ihl + 20 and pkt[9] == 6 else b""
+        sport, dport = (int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")) if tcp else (0, 0)
+        flags = tcp[13] if tcp else 0
+        payload = len(pkt) - ihl - (tcp[12] >> 4) * 4 if tcp else 0
+        due = "drop" if arr is None else f"{arr - t0:.6f}"
+        assert self._pkt_log is not None
+        self._pkt_log.write(f"{now - t0:.6f} {len(pkt)} {due} {sport} {dport} {flags:#04x} {payload}\n")
 
     def _ingest_up(self) -> None:
         fd, out_fd, heap, io, up = self.fd_b, self.fd_a, self._heap, self.io, self.up
@@ -605,6 +623,8 @@ class TunLink:
                 timer.close()
 
     def close(self) -> None:
+        if self._pkt_log is not None:
+            self._pkt_log.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from live.pacing import apply_backpressure, chunked_wire_size, write_token
-from live.sse import event_data, is_token_event, split_sse
+from live.pacing import apply_backpressure, write_token
+from live.sse import chunked_wire_size, event_data, is_token_event, split_sse
 from sim.node import Sequence
 
 if TYPE_CHECKING:

@@ -70,7 +70,8 @@ class WorkloadSpec(_Model):
         default_factory=lambda: {"dist": "lognormal", "median": 250, "sigma": 0.5, "min": 20, "max": 1500}
     )
     bytes_per_token: int = Field(
-        200, gt=0, description="SSE bytes per token: an OpenAI-style `data: {...chat.completion.chunk...}` event"
+        256, gt=0, description="bytes per token on the wire: an OpenAI-style `data: {...chat.completion.chunk...}` "
+        "SSE event in its HTTP chunk (226-253 B measured from tokenpace's server; live mode pads to this)"
     )
     paths: dict[str, float] | None = Field(None, description="path name -> weight; default: equal weights")
 

@@ -25,15 +25,15 @@ LAB_WALL_LIMIT_S = 60.0
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-# Measured and not met. ttft_p99 is strict (21-31% in three runs: should the model come within 10%,
-# the test says so). itl_p99 sits at the target's edge (10.9% and 12.5% in two runs; once 103% for one
-# controller), so it is reported either way rather than gating CI on noise.
+# Measured and not met: the lab is 5-14% slower than the model at these three, at the target's edge
+# (two runs each, numbers in the reasons), so they are reported either way rather than gating CI on noise.
 NOT_MET: dict[str, tuple[str, bool]] = {
-    "ttft_p99_s": ("measured 21-31% over three lab runs: the few streams that arrive during the fade see a "
-                   "deeper bottleneck queue in the lab than in the model (e.g. first token queued 139 ms vs "
-                   "42 ms), not yet explained", True),
-    "itl_p99_s": ("measured 10.9% and 12.5% (lab ~52 ms vs sim 47 ms): the same deeper queue during the fade; "
-                  "at the target's edge, so not strict", False),
+    "ttft_p50_s": ("measured 9.6% and 10.2%: lab ~0.124-0.130 s vs sim 0.118 s; ~4 ms of it is the client's and "
+                   "server's HTTP handling (client send to server admission 64.6 ms vs 60.2 ms of network)", False),
+    "ttft_p99_s": ("measured 4.8% and 12.7% (was 21-31% before the server padded events to bytes_per_token)",
+                   False),
+    "itl_p99_s": ("measured 11.5% and 13.9%: the lab's token gaps are longer in the tail (unpaced 57 ms vs "
+                  "50 ms, buffer 124 ms vs 102 ms), not yet explained", False),
 }
 
 
@@ -68,18 +68,13 @@ def test_lab_run_is_short_and_plays_the_path_in_user_space(fidelity: dict[str, A
     assert fidelity["_lab_wall_s"] <= LAB_WALL_LIMIT_S, f"lab took {fidelity['_lab_wall_s']:.1f} s"
     info = json.loads((fidelity["_lab_dir"] / "run.json").read_text())
     assert info["mode"] == "lab" and info["lab"]["backend"] == "tun"
-    assert [r["controller"] for r in info["lab"]["runs"]] == ["unpaced", "buffer", "ewma"]
+    assert [r["controller"] for r in info["lab"]["runs"]] == ["unpaced", "buffer", "fixed"]
     for run in info["lab"]["runs"]:
         down = run["link"]["down"]
         assert down["passed_pkts"] > 100, run["controller"]
     assert fidelity["plots"], "no trajectory plots"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "not met on a quiet machine: in the lab buffer's pacing costs QoE the model does not show -- lab qoe_mean "
-    "buffer 0.4042 / 0.4064 vs unpaced 0.4146 / 0.4133 in the two CI runs (more than the 0.005 tie), while the "
-    "simulator has all three at 0.4186 and buffer best on waste (63 vs 314 tokens; the lab agrees on waste: "
-    "58-62 vs 315-319). Two earlier runs on a loaded machine picked buffer"))
 def test_same_best_controller(fidelity: dict[str, Any]) -> None:
     r = fidelity["ranking"]
     assert r["same_best"], f"sim best {r['sim_best']}, lab best {r['lab_best']} ({r})"
