@@ -378,6 +378,14 @@ def _check_features(loaded: LoadedModel, expected: tuple[str, ...]) -> None:
         raise ModelFileError(f"{loaded.path}: trained on features {list(names)}, expected {list(expected)}")
 
 
+def _finite_vector(vector: np.ndarray, n: int, what: str) -> np.ndarray:
+    """``vector`` as float64, checked: ``n`` values, all finite (one dot product: cheaper than a reduction)."""
+    x = np.asarray(vector, dtype=np.float64)
+    if x.shape != (n,) or not math.isfinite(x.dot(x)):
+        raise ValueError(f"expected a finite vector of {n} {what} features, got {x!r}")
+    return x
+
+
 class AnomalyDetector:
     """Isolation Forest over the anomaly features. ``score(v) < 0`` means anomalous.
 
@@ -408,12 +416,7 @@ class AnomalyDetector:
 
     def score(self, vector: np.ndarray) -> float:
         """sklearn's ``decision_function`` of one anomaly vector: negative = anomalous."""
-        x = np.asarray(vector, dtype=np.float64)
-        if x.shape != (len(ANOMALY_FEATURES),) or not math.isfinite(
-            x.dot(x)
-        ):  # NaN/inf check, cheaper than a reduction
-            raise ValueError(f"expected a finite vector of {len(ANOMALY_FEATURES)} anomaly features, got {x!r}")
-        return self._compiled.decision(x)
+        return self._compiled.decision(_finite_vector(vector, len(ANOMALY_FEATURES), "anomaly"))
 
     def score_many(self, X: np.ndarray) -> np.ndarray:
         """:meth:`score` of each row of ``X``."""
@@ -474,11 +477,7 @@ class RttForecaster:
 
     def predict_log(self, vector: np.ndarray) -> float:
         """log(next p95 / baseline) for one forecast vector: lag 0 plus the trees' predicted change."""
-        x = np.asarray(vector, dtype=np.float64)
-        if x.shape != (len(FORECAST_FEATURES),) or not math.isfinite(
-            x.dot(x)
-        ):  # NaN/inf check, cheaper than a reduction
-            raise ValueError(f"expected a finite vector of {len(FORECAST_FEATURES)} forecast features, got {x!r}")
+        x = _finite_vector(vector, len(FORECAST_FEATURES), "forecast")
         return float(x[0]) + self._compiled.predict(x)
 
     def predict_log_many(self, X: np.ndarray) -> np.ndarray:
