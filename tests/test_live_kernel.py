@@ -214,7 +214,9 @@ def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(v
           f"after={retrans_after}; rates: " + " ".join(f"{t:.1f}:{r:.1f}" for t, _, r in rows))
     with_acks = sum(s is not None and s.samples > 0 for _, s, _ in before)
     assert with_acks >= len(before) - 1, "the probe saw no ACKs before the fault"
-    assert retrans_before <= 3  # a clean veth; the odd tail-loss probe of an app-limited burst is a retransmit too
+    # A clean veth retransmits little: the odd tail-loss probe of an app-limited burst, and on a loaded machine a
+    # few spurious probes (9 seen once, with other work on both cores). The loss must bring several times more.
+    assert retrans_before <= max(3, retrans_after // 4), (retrans_before, retrans_after)
     assert dropped > 0
     assert retrans_after >= max(5, dropped // 4), "retransmits of dropped packets were not seen"
     rate_before = before[-1][2]
