@@ -129,6 +129,51 @@ class Segment:
         return f"Segment(n={self.n}, [{self.seq}, {self.end}), state={self.state}, retx={self.retx})"
 
 
+class _LazyTimer:
+    """A timer whose deadline moves often (every ACK restarts the RTO) but fires seldom: one pending
+    SimPy event at a time. Moving the deadline later costs nothing; an event that finds the deadline
+    moved later waits again; moving it earlier schedules a new event (the older one, carrying an
+    older token, is ignored when it fires). ``on_due(deadline)`` runs once the deadline has come;
+    the deadline is cleared first, so ``on_due`` may set a new one."""
+
+    __slots__ = ("_cb", "_env", "_on_due", "_token", "at", "deadline")
+
+    def __init__(self, env: simpy.Environment, on_due: Callable[[float], None]) -> None:
+        self._env = env
+        self._on_due = on_due
+        self._cb = self._wake  # made once: handed to call_at every time
+        self._token = 0
+        self.at: float | None = None  # when the one live event fires
+        self.deadline: float | None = None  # None: not armed
+
+    def set(self, deadline_s: float) -> None:
+        self.deadline = deadline_s
+        at = self.at
+        if at is None or deadline_s < at:
+            self._token += 1
+            self.at = deadline_s
+            call_at(self._env, deadline_s, self._cb, self._token)
+
+    def set_earliest(self, deadline_s: float) -> None:
+        """Arm for ``deadline_s`` unless already armed for earlier."""
+        if self.deadline is None or deadline_s < self.deadline:
+            self.set(deadline_s)
+
+    def _wake(self, ev: Event) -> None:
+        if ev.value != self._token:
+            return  # superseded by an event scheduled for an earlier deadline
+        self.at = None
+        deadline_s = self.deadline
+        if deadline_s is None:
+            return
+        if deadline_s > self._env.now:
+            self.at = deadline_s  # the deadline moved while this event waited: wait again
+            call_at(self._env, deadline_s, self._cb, self._token)
+            return
+        self.deadline = None
+        self._on_due(deadline_s)
+
+
 class _Control:
     """A packet without data (the SYN-ACK): all the link needs is its size."""
 
@@ -292,25 +337,18 @@ class TcpConnection:
         "_rack_top_n",
         "_rack_xmit_s",
         "_recovery_point",
-        "_reo_cb",
-        "_reo_timer_at_s",
-        "_reo_token",
+        "_reo",
         "_retx_fifo",
+        "_rto",
         "_rto_backoffs",
-        "_rto_cb",
-        "_rto_timer_at_s",
-        "_rto_token",
         "_rtt_samples",
         "_rx_cb",
         "_sack_top",
         "_segs",
         "_segs_base_n",
         "_state",
-        "_tlp_cb",
-        "_tlp_deadline_s",
+        "_tlp",
         "_tlp_high_seq",
-        "_tlp_timer_at_s",
-        "_tlp_token",
         "_una_n",
         "_unacked_in_order",
         "acked_log",
@@ -330,7 +368,6 @@ class TcpConnection:
         "recovery_events",
         "retrans_out",
         "retrans_segs",
-        "rto_deadline_s",
         "rto_events",
         "rto_s",
         "rttvar_s",
@@ -378,9 +415,9 @@ class TcpConnection:
         # Bound methods made once: they are handed to the link, the ACK path and the timer per packet.
         self._rx_cb = self._on_segment
         self._ack_cb = self._on_ack
-        self._rto_cb = self._on_rto_timer
-        self._reo_cb = self._on_reo_timer
-        self._tlp_cb = self._on_tlp_timer
+        self._rto = _LazyTimer(env, self._on_rto_due)
+        self._reo = _LazyTimer(env, self._on_reo_due)  # RACK's reordering window
+        self._tlp = _LazyTimer(env, self._on_tlp_due)  # the tail loss probe
         self.established = True  # False from connect() until the handshake's last ACK reaches the server
 
         # Sender: byte sequence state.
@@ -410,12 +447,7 @@ class TcpConnection:
         self._rack_rtt_s = 0.0
         self._rack_top_n = -1
         self._rack_scan_n = 0
-        self._reo_timer_at_s: float | None = None  # the pending reordering-window timer (lazy)
-        self._reo_token = 0
         # Tail loss probe (RFC 8985 7): one probe per episode, until snd_una passes _tlp_high_seq.
-        self._tlp_deadline_s: float | None = None
-        self._tlp_timer_at_s: float | None = None
-        self._tlp_token = 0
         self._tlp_high_seq: int | None = None
 
         # Congestion control.
@@ -433,9 +465,6 @@ class TcpConnection:
         self.rttvar_s = 0.0
         self.min_rtt_s: float | None = None
         self.rto_s = cfg.init_rto_s
-        self.rto_deadline_s: float | None = None
-        self._rto_timer_at_s: float | None = None  # when the one live timer event fires
-        self._rto_token = 0  # identifies that event; an event carrying an older token is stale
         self._rto_backoffs = 0  # timeouts since data was last newly ACKed
         self._rtt_samples: list[float] = []
 
@@ -466,6 +495,11 @@ class TcpConnection:
         """Next new byte to send. Like Linux, retransmissions come from the scoreboard and never
         rewind it, so it equals `snd_max`."""
         return self.snd_max
+
+    @property
+    def rto_deadline_s(self) -> float | None:
+        """When the retransmission timer expires (None: not armed)."""
+        return self._rto.deadline
 
     @property
     def delivered_bytes(self) -> int:
@@ -545,7 +579,7 @@ class TcpConnection:
     def close(self) -> None:
         """Abort: stop sending and receiving. Pending timers find the connection closed and return."""
         self.closed = True
-        self.rto_deadline_s = None
+        self._rto.deadline = self._tlp.deadline = self._reo.deadline = None
 
     def _restart_after_idle(self, idle_s: float) -> None:
         """Linux `tcp_cwnd_restart`: halve cwnd per RTO of idleness, down to the initial window."""
@@ -616,8 +650,8 @@ class TcpConnection:
         if in_flight0 == 0 and self._last_send_s is not None:
             self._cc.on_tx_start(now - self._last_send_s)
         self._last_send_s = now
-        if self.rto_deadline_s is None:
-            self._set_rto_deadline(now + self.rto_s)
+        if self._rto.deadline is None:
+            self._rto.set(now + self.rto_s)
         if snd_max != snd_max0:
             self.snd_max = snd_max
             if self._bulk:
@@ -641,7 +675,7 @@ class TcpConnection:
         self._link.send(seg, self._rx_cb)
         if seg.n == self._una_n:
             # Linux: resending the head restarts the timer, which gives the repair a full RTO.
-            self._set_rto_deadline(now + self.rto_s)
+            self._rto.set(now + self.rto_s)
 
     def _next_lost(self) -> Segment | None:
         """Pop the lowest segment still waiting for its retransmission (stale entries are skipped)."""
@@ -722,12 +756,9 @@ class TcpConnection:
         if advanced:
             # RFC 6298 (5.2)/(5.3): stop the timer when everything is ACKed, else restart it.
             if self.packets_out:
-                deadline_s = self.rto_deadline_s = now + self.rto_s
-                at = self._rto_timer_at_s
-                if at is None or deadline_s < at:
-                    self._set_rto_deadline(deadline_s)
+                self._rto.set(now + self.rto_s)
             else:
-                self.rto_deadline_s = None
+                self._rto.deadline = None
 
         state = self._state
         if state != _OPEN and self.snd_una >= self._recovery_point:
@@ -780,7 +811,7 @@ class TcpConnection:
         self._state = _RECOVERY
         self.recovery_events += 1
         self._tlp_high_seq = None
-        self._tlp_deadline_s = None
+        self._tlp.deadline = None
         # RFC 6675 (4.3), Linux PRR: the first lost segment goes out now, whatever the pipe says.
         first = self._next_lost()
         if first is not None:
@@ -856,7 +887,7 @@ class TcpConnection:
             if s.state == _IN_FLIGHT and s.sent_t <= rack_xmit_s:
                 due_s = s.sent_t + limit_s
                 if due_s > now + 1e-12:
-                    self._arm_reo(due_s)  # later holes were sent later: due later
+                    self._reo.set_earliest(due_s)  # later holes were sent later: due later
                     break
                 s.state = _LOST
                 self.lost_out += 1
@@ -865,18 +896,8 @@ class TcpConnection:
             k += 1
         self._rack_scan_n = k
 
-    def _arm_reo(self, deadline_s: float) -> None:
-        at = self._reo_timer_at_s
-        if at is None or deadline_s < at:
-            self._reo_token += 1
-            self._reo_timer_at_s = deadline_s
-            call_at(self._env, deadline_s, self._reo_cb, self._reo_token)
-
-    def _on_reo_timer(self, ev: Event) -> None:
+    def _on_reo_due(self, _deadline_s: float) -> None:
         """Linux `tcp_rack_reo_timeout`: recheck the holes; losses found start a recovery."""
-        if ev.value != self._reo_token:
-            return
-        self._reo_timer_at_s = None
         if self.closed:
             return
         lost_before = self.lost_out
@@ -899,33 +920,19 @@ class TcpConnection:
         else:
             pto_s = 2 * srtt + (self.cfg.min_rto_s if self.packets_out == 1 else _TLP_MIN_S)
         deadline_s = now + pto_s
-        rto_at = self.rto_deadline_s
+        rto_at = self._rto.deadline
         if rto_at is not None and rto_at < deadline_s:
             deadline_s = rto_at
-        self._tlp_deadline_s = deadline_s
-        at = self._tlp_timer_at_s
-        if at is None or deadline_s < at:
-            self._tlp_token += 1
-            self._tlp_timer_at_s = deadline_s
-            call_at(self._env, deadline_s, self._tlp_cb, self._tlp_token)
+        self._tlp.set(deadline_s)
 
-    def _on_tlp_timer(self, ev: Event) -> None:
-        if ev.value != self._tlp_token:
-            return
-        self._tlp_timer_at_s = None
-        deadline_s = self._tlp_deadline_s
-        if self.closed or deadline_s is None:
-            return
-        if deadline_s > self._env.now:
-            self._tlp_timer_at_s = deadline_s
-            call_at(self._env, deadline_s, self._tlp_cb, self._tlp_token)
-            return
-        self._send_loss_probe()
+    def _on_tlp_due(self, _deadline_s: float) -> None:
+        if not self.closed:
+            self._send_loss_probe()
 
     def _send_loss_probe(self) -> None:
         """Linux `tcp_send_loss_probe`: new data if the window allows, else the last segment again;
         an ACK for it reveals any loss before it to RACK. Then the RTO restarts from now."""
-        self._tlp_deadline_s = None
+        self._tlp.deadline = None
         if self.closed or self._state != _OPEN or not self.packets_out or self._tlp_high_seq is not None:
             return
         now = self._env.now
@@ -947,7 +954,7 @@ class TcpConnection:
             self._link.send(s, self._rx_cb)
         self.tlp_probes += 1
         self._tlp_high_seq = self.snd_max
-        self._set_rto_deadline(now + self.rto_s)
+        self._rto.set(now + self.rto_s)
 
     def _detect_lost_retransmissions(self, seg: Segment, now: float) -> None:
         """RACK for retransmissions: `seg` just arrived, so on a FIFO path every retransmission sent
@@ -973,35 +980,15 @@ class TcpConnection:
 
     # ---------------------------------------------------------------- RTO timer
 
-    def _set_rto_deadline(self, deadline_s: float) -> None:
-        """Move the deadline; schedule an event only if none is pending early enough (lazy timer)."""
-        self.rto_deadline_s = deadline_s
-        at = self._rto_timer_at_s
-        if at is None or deadline_s < at:
-            self._rto_token += 1
-            self._rto_timer_at_s = deadline_s
-            call_at(self._env, deadline_s, self._rto_cb, self._rto_token)
-
-    def _on_rto_timer(self, ev: Event) -> None:
-        if ev.value != self._rto_token:
-            return  # superseded by an event scheduled for an earlier deadline
-        self._rto_timer_at_s = None
-        deadline_s = self.rto_deadline_s
-        if self.closed or deadline_s is None:
+    def _on_rto_due(self, deadline_s: float) -> None:
+        if self.closed:
             return
-        now = self._env.now
-        tlp_at = self._tlp_deadline_s
-        if tlp_at is not None and tlp_at <= deadline_s <= now:
+        tlp_at = self._tlp.deadline
+        if tlp_at is not None and tlp_at <= deadline_s:
             # Linux keeps one timer: a probe due by now fires instead of the RTO (and restarts it).
             self._send_loss_probe()
-            deadline_s = self.rto_deadline_s
-            if deadline_s is None:
+            if self._rto.deadline is not None:
                 return
-        if deadline_s > now:
-            # ACKs moved the deadline while this event waited: wait again, for the new deadline.
-            self._rto_timer_at_s = deadline_s
-            call_at(self._env, deadline_s, self._rto_cb, self._rto_token)
-            return
         self._on_rto()
 
     def _on_rto(self) -> None:
@@ -1035,10 +1022,10 @@ class TcpConnection:
         self.retrans_out = 0
         self._mark_n = self._rack_scan_n = self._next_n
         self._tlp_high_seq = None
-        self._tlp_deadline_s = None
+        self._tlp.deadline = None
         self._rto_backoffs += 1
         self.rto_s = min(self.rto_s * 2, self.cfg.max_rto_s)
-        self.rto_deadline_s = None  # _push re-arms it with the backed-off RTO
+        self._rto.deadline = None  # _push re-arms it with the backed-off RTO
         self._push()
 
     # ---------------------------------------------------------------- receiver
