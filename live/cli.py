@@ -166,14 +166,15 @@ def _client(argv: list[str]) -> int:
         print("error: --streams must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     from live.client import run_load
+    from live.lab import parse_epoch_line
 
     async def t0_from_stdin() -> float:
         print("READY", flush=True)
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        words = line.split()
-        if len(words) != 2 or words[0] != "T0":
+        t0 = parse_epoch_line(line)
+        if t0 is None:
             raise ValueError(f"--sync-stdin: expected `T0 <monotonic>`, got {line.strip()!r}")
-        return float(words[1])
+        return t0
 
     result = asyncio.run(run_load(args.url, args.streams, loaded, args.out, seed=args.seed,
                                   time_limit_s=args.time_limit, endpoint=args.endpoint,

@@ -63,6 +63,22 @@ class LabError(RuntimeError):
     pass
 
 
+def epoch_line(t0: float) -> str:
+    """What the lab writes to the server's and the client's stdin: time 0 as a ``time.monotonic()`` value."""
+    return f"T0 {t0!r}\n"
+
+
+def parse_epoch_line(line: str) -> float | None:
+    """The time 0 an :func:`epoch_line` carries, or None for anything else."""
+    words = line.split()
+    if len(words) != 2 or words[0] != "T0":
+        return None
+    try:
+        return float(words[1])
+    except ValueError:
+        return None
+
+
 class _Interrupted(BaseException):
     """SIGTERM / SIGINT: unwinds through every finally (processes, qdiscs, namespaces)."""
 
@@ -307,7 +323,7 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
         t0 = time.monotonic() + EPOCH_LEAD_S
         for proc in (server, client):
             assert proc.stdin is not None
-            proc.stdin.write(f"T0 {t0!r}\n")
+            proc.stdin.write(epoch_line(t0))
             proc.stdin.close()  # EOF: their stdin readers end (asyncio waits for its executor's threads)
             proc.stdin = None  # communicate() must not flush it
         timeline.start(t0)
@@ -513,9 +529,9 @@ def _serve_child(argv: list[str]) -> int:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:
                 return
-            words = line.split()
-            if len(words) == 2 and words[0] == "T0":
-                server.state.rebase_epoch(float(words[1]))
+            t0 = parse_epoch_line(line)
+            if t0 is not None:
+                server.state.rebase_epoch(t0)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
