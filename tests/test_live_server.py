@@ -387,8 +387,11 @@ def test_byte_accounting_is_exact_across_keep_alive_responses() -> None:
             pos = raw.index(b"\n\n\r\n", raw.index(b"data: {", pos)) + 4
             ends.append(pos)
         assert ps.token_end == ends
-    # what the kernel would report: the first response and 3 bytes short of token 4 of the second
+    # the socket's own count (SIOCOUTQ at each tick): the client read everything, so every token is acked
+    assert conn.acked == conn.written and [ps.n_acked for ps in streams] == [ps.generated for ps in streams]
+    # the mapping from acked bytes to tokens: the first response and 3 bytes short of token 4 of the second
     ps = streams[1]
+    ps.t_acked.clear()
     conn.acked = len(raws[0]) + ps.token_end[4] - 3
     assert ps.update_acks(1.0) == 4
     conn.acked = len(raws[0]) + ps.token_end[4]
