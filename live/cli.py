@@ -154,6 +154,9 @@ def _client(argv: list[str]) -> int:
     p.add_argument("--sync-stdin", action="store_true",
                    help="once the server answers, print READY and wait for a line `T0 <monotonic>` on stdin: time 0 "
                    "of the load (how the lab starts load, recording and path timeline together)")
+    p.add_argument("--bind", action="append", default=[], metavar="PATH=ADDR",
+                   help="requests the scenario puts on PATH connect from local address ADDR (repeatable; the "
+                   "lab gives each path its own client address)")
     args = p.parse_args(argv)
     from scenarios import ScenarioError, load_scenario
 
@@ -162,6 +165,14 @@ def _client(argv: list[str]) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    bind: dict[str, str] = {}
+    for item in args.bind:
+        name, sep, addr = item.partition("=")
+        if not sep or not addr or name not in loaded.scenario.paths:
+            print(f"error: --bind {item!r}: expected PATH=ADDR with PATH one of "
+                  f"{', '.join(loaded.scenario.paths)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        bind[name] = addr
     if args.streams is not None and args.streams < 1:
         print("error: --streams must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -178,7 +189,7 @@ def _client(argv: list[str]) -> int:
 
     result = asyncio.run(run_load(args.url, args.streams, loaded, args.out, seed=args.seed,
                                   time_limit_s=args.time_limit, endpoint=args.endpoint,
-                                  start_at=t0_from_stdin if args.sync_stdin else None))
+                                  start_at=t0_from_stdin if args.sync_stdin else None, bind=bind or None))
     print(result.summary())
     return 0
 

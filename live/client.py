@@ -23,6 +23,7 @@ Bounded: at most ``streams`` requests, and everything still open at ``time_limit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -170,7 +171,8 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
                    *, seed: int | None = None, time_limit_s: float | None = None, endpoint: str = "chat",
                    model: str | None = None, controller: str | None = None, ttft_expected_s: float | None = None,
                    max_connections: int = 0, merge: bool = True,
-                   start_at: Callable[[], Awaitable[float]] | None = None) -> LoadResult:
+                   start_at: Callable[[], Awaitable[float]] | None = None,
+                   bind: dict[str, str] | None = None) -> LoadResult:
     """Run a scenario's workload and readers against ``url``; record the client half to ``out_dir``.
 
     ``streams`` overrides the scenario's request count; ``time_limit_s`` (default: the scenario's
@@ -181,6 +183,10 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
     that is time 0 of the load (arrival i is sent at start + arrival_i) and of the recording (the
     server, on the same kernel, has been told the same epoch). The lab uses it to start the load,
     the server's recording and the path's timeline together. Default: now, in the server's epoch.
+
+    ``bind``: scenario path name -> local address. A request the scenario puts on that path connects
+    from that address (the lab's link gives each path its own client address, so a stream crosses its
+    own path's bottleneck); other requests use the kernel's choice.
     """
     wall0 = time.monotonic()
     scn, base_dir, resolved = _load_scenario(scenario)
@@ -200,7 +206,13 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
     # One connection per stream, as the simulator has it (and as separate users would): no keep-alive reuse.
     connector = aiohttp.TCPConnector(limit=max_connections, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    by_path: dict[str, aiohttp.ClientSession] = {}
+    async with contextlib.AsyncExitStack() as sessions:
+        session = await sessions.enter_async_context(aiohttp.ClientSession(connector=connector, timeout=timeout))
+        for path_name, addr in (bind or {}).items():
+            by_path[path_name] = await sessions.enter_async_context(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max_connections, force_close=True, local_addr=(addr, 0)),
+                timeout=timeout))
         health, offset = await _server_clock(session, base)
         epoch: float | None = None
         if start_at is not None:
@@ -265,7 +277,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
             done = False
             sid = req.stream_id
             try:
-                async with session.post(base + path, json=body, headers=headers) as resp:
+                async with by_path.get(req.path, session).post(base + path, json=body, headers=headers) as resp:
                     holder["resp"] = resp
                     sid = resp.headers.get("x-tokenpace-stream-id", sid)  # the server renames a clash
                     if resp.status != 200:

@@ -19,6 +19,14 @@ rtt/2 with no queue and no loss (:class:`DelaySchedule`). A packet's size is its
 from the TUN device, headers included — what ``sim.tcp`` counts too (MSS + 52 bytes of IP + TCP +
 timestamp option headers: 1500 for a full segment).
 
+Several paths (a scenario's ``wifi`` and ``wired``, say) share one TUN pair: the client side gets one
+address per path (``10.202.N.2``, ``.3``, ...), each path its own :class:`LinkSchedule` and
+:class:`DelaySchedule`, its own loss stream (the simulator's for that path's index), and a packet
+takes the path of its client-side address -- the destination on the downlink, the source on the
+uplink. A client socket bound to a path's address therefore crosses that path both ways; one that
+does not bind gets path 0. All paths share one release heap; each keeps its own FIFO order and
+timing, as in the simulator, where every path is an independent link.
+
 Time 0 of the path's timeline (rate schedule, trace, faults) is :meth:`LinkProcess.start_clock`.
 Before it the link serves at the t=0 conditions: the rate in force at t=0 as a constant (a trace's
 mean rate; if that rate is 0 — an outage or a schedule starting at 0 — the path's nominal rate, so
@@ -96,6 +104,7 @@ __all__ = [
     "DelaySchedule",
     "LinkProcess",
     "LinkSchedule",
+    "PathPlay",
     "TunLink",
     "TunPair",
     "main",
@@ -116,6 +125,8 @@ READY_TIMEOUT_S = 30.0
 RT_PRIORITY = 10  # SCHED_FIFO priority of the shuttle (see --rt-priority)
 _HIST_BIN_S = 1e-6  # lateness histogram: 1 us bins ...
 _HIST_BINS = 200_000  # ... up to 200 ms (later ones land in the last bin; the max is kept exactly)
+_SUMMED = ("offered_pkts", "offered_bytes", "passed_pkts", "passed_bytes", "random_drops", "tail_drops", "stuck_pkts")
+MAX_PATHS = 8  # client-side addresses 10.202.N.2 .. 10.202.N.9
 _counter = itertools.count()
 
 
@@ -276,6 +287,17 @@ def _loss_rng(seed: int | None, path_index: int, phase: int) -> np.random.Genera
         [seed, RNG_LOSS_BASE + path_index, phase])
 
 
+@dataclass(frozen=True)
+class PathPlay:
+    """One scenario path a link plays: its name, ``PathSpec``, faults and index in the scenario (which
+    picks the simulator's loss stream for it)."""
+
+    name: str
+    spec: Any
+    faults: Sequence[Any] = ()
+    index: int = 0
+
+
 def path_schedules(spec: Any, faults: Sequence[Any], base_dir: str | Path, rng: np.random.Generator
                    ) -> tuple[LinkSchedule, DelaySchedule]:
     """The downlink and the uplink of a ``scenarios.schema.PathSpec`` with its faults, built by the
@@ -406,13 +428,26 @@ class TunLink:
     One thread: :meth:`run` loops until :meth:`stop` (or the control channel says quit). ``pre_down``
     serves the downlink before :meth:`start_clock` on the raw monotonic clock; ``None`` starts the
     clock at construction.
+
+    Several paths: ``down``, ``up`` and ``pre_down`` may be lists, one entry per path. Path i is the
+    client-side address ``10.202.N.(2+i)``: a downlink packet takes the path of its destination
+    address, an uplink packet the path of its source address (the last octet, minus 2; anything else
+    takes path 0). Each path has its own bottleneck, queue, loss and delay, as in the simulator.
     """
 
-    def __init__(self, fd_a: int, fd_b: int, down: LinkSchedule, up: DelaySchedule, *,
-                 pre_down: LinkSchedule | None = None) -> None:
+    def __init__(self, fd_a: int, fd_b: int, down: LinkSchedule | Sequence[LinkSchedule],
+                 up: DelaySchedule | Sequence[DelaySchedule], *,
+                 pre_down: LinkSchedule | Sequence[LinkSchedule] | None = None) -> None:
         self.fd_a, self.fd_b = fd_a, fd_b
-        self.down, self.up, self.pre_down = down, up, pre_down
-        self.t0: float | None = None if pre_down is not None else time.monotonic()
+        self.downs: list[LinkSchedule] = [down] if isinstance(down, LinkSchedule) else list(down)
+        self.ups: list[DelaySchedule] = [up] if isinstance(up, DelaySchedule) else list(up)
+        self.pre_downs: list[LinkSchedule] | None = (
+            None if pre_down is None else [pre_down] if isinstance(pre_down, LinkSchedule) else list(pre_down))
+        if len(self.ups) != len(self.downs) or (self.pre_downs is not None and len(self.pre_downs) != len(self.downs)):
+            raise ValueError("one downlink, uplink (and pre-start downlink) per path")
+        self.down, self.up = self.downs[0], self.ups[0]  # path 0 (the only one on a one-path link)
+        self.pre_down = None if self.pre_downs is None else self.pre_downs[0]
+        self.t0: float | None = None if self.pre_downs is not None else time.monotonic()
         self._heap: list[tuple[float, int, int, bytes]] = []
         self._seq = itertools.count()
         self.io = {"down_read_pkts": 0, "down_read_bytes": 0, "down_written_pkts": 0, "down_written_bytes": 0,
@@ -437,8 +472,9 @@ class TunLink:
         t0 = time.monotonic() if t0 is None else float(t0)
         if self.t0 is not None:
             return self.t0
-        if self.pre_down is not None:
-            self.down.continue_from(self.pre_down, t0, t0)
+        if self.pre_downs is not None:
+            for down, pre in zip(self.downs, self.pre_downs, strict=True):
+                down.continue_from(pre, t0, t0)
         self.t0 = t0
         self._clock_cpu_s = self._cpu_s()
         return t0
@@ -456,14 +492,14 @@ class TunLink:
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
-        down: dict[str, Any] = dict(self.down.counters())
-        if self.pre_down is not None:
-            pre = self.pre_down.counters()
-            for k in ("offered_pkts", "offered_bytes", "passed_pkts", "passed_bytes", "random_drops", "tail_drops",
-                      "stuck_pkts"):
-                down[k] += pre[k]
-            down["max_backlog_bytes"] = max(down["max_backlog_bytes"], pre["max_backlog_bytes"])
-            down["prestart"] = pre
+        per_path = [self._down_counters(i) for i in range(len(self.downs))]
+        down = dict(per_path[0])
+        for other in per_path[1:]:
+            for k in _SUMMED:
+                down[k] += other[k]
+            down["max_backlog_bytes"] = max(down["max_backlog_bytes"], other["max_backlog_bytes"])
+        if len(per_path) > 1:
+            down["paths"] = per_path
         cpu_s = self._cpu_s()
         since_clock_s = now - self.t0 if self.t0 is not None else None
         return {
@@ -471,7 +507,7 @@ class TunLink:
             "since_clock_s": None if since_clock_s is None else round(since_clock_s, 6),
             "uptime_s": round(now - self._created_s, 6),
             "down": down,
-            "up": self.up.counters(),
+            "up": {k: sum(u.counters()[k] for u in self.ups) for k in self.up.counters()},
             "io": dict(self.io),
             "pending_pkts": len(self._heap),
             "lateness_down": self.late_down.summary(),
@@ -484,9 +520,20 @@ class TunLink:
             "sched": self.sched,
         }
 
+    def _down_counters(self, i: int) -> dict[str, Any]:
+        down: dict[str, Any] = dict(self.downs[i].counters())
+        if self.pre_downs is not None:
+            pre = self.pre_downs[i].counters()
+            for k in _SUMMED:
+                down[k] += pre[k]
+            down["max_backlog_bytes"] = max(down["max_backlog_bytes"], pre["max_backlog_bytes"])
+            down["prestart"] = pre
+        return down
+
     # ------------------------------------------------------------------ the loop
     def _ingest_down(self) -> None:
         fd, out_fd, heap, io = self.fd_a, self.fd_b, self._heap, self.io
+        downs, n_paths = self.downs, len(self.downs)
         mono = time.monotonic
         while True:
             try:
@@ -497,12 +544,15 @@ class TunLink:
             n = len(pkt)
             io["down_read_pkts"] += 1
             io["down_read_bytes"] += n
+            i = pkt[19] - 2 if n_paths > 1 and n >= 20 else 0  # the destination address picks the path
+            if not 0 <= i < n_paths:
+                i = 0
             t0 = self.t0
             if t0 is None:
-                assert self.pre_down is not None
-                arr = self.pre_down.offer(now, n)
+                assert self.pre_downs is not None
+                arr = self.pre_downs[i].offer(now, n)
             else:
-                arr = self.down.offer(now - t0, n)
+                arr = downs[i].offer(now - t0, n)
                 if arr is not None:
                     arr += t0
             if self._pkt_log is not None:
@@ -523,7 +573,8 @@ class TunLink:
         self._pkt_log.write(f"{now - t0:.6f} {len(pkt)} {due} {sport} {dport} {flags:#04x} {payload}\n")
 
     def _ingest_up(self) -> None:
-        fd, out_fd, heap, io, up = self.fd_b, self.fd_a, self._heap, self.io, self.up
+        fd, out_fd, heap, io, ups = self.fd_b, self.fd_a, self._heap, self.io, self.ups
+        n_paths = len(ups)
         mono = time.monotonic
         while True:
             try:
@@ -533,7 +584,10 @@ class TunLink:
             n = len(pkt)
             io["up_read_pkts"] += 1
             io["up_read_bytes"] += n
-            heappush(heap, (up.offer(mono(), n), next(self._seq), out_fd, pkt))
+            i = pkt[15] - 2 if n_paths > 1 and n >= 20 else 0  # the source address picks the path
+            if not 0 <= i < n_paths:
+                i = 0
+            heappush(heap, (ups[i].offer(mono(), n), next(self._seq), out_fd, pkt))
 
     def _release(self) -> None:
         heap, io, fd_b = self._heap, self.io, self.fd_b
@@ -631,10 +685,13 @@ class TunLink:
 
 
 # ============================================================================================ the child
-def _setup_devices(ns_a: str, ns_b: str, if_a: str, if_b: str, addr_a: str, addr_b: str, mtu: int
+def _setup_devices(ns_a: str, ns_b: str, if_a: str, if_b: str, addr_a: str, addrs_b: Sequence[str], mtu: int
                    ) -> tuple[int, int]:
-    """Create both TUN devices here (the root namespace), move each into its namespace, address them."""
+    """Create both TUN devices here (the root namespace), move each into its namespace, address them.
+    The client side has one address per path (``addrs_b``); the first is the point-to-point peer, so a
+    socket that does not bind gets path 0."""
     fds: list[int] = []
+    addr_b = addrs_b[0]
     try:
         for ifname, ns, addr, peer in ((if_a, ns_a, addr_a, addr_b), (if_b, ns_b, addr_b, addr_a)):
             fds.append(open_tun(ifname))
@@ -644,6 +701,9 @@ def _setup_devices(ns_a: str, ns_b: str, if_a: str, if_b: str, addr_a: str, addr
             run(["sysctl", "-q", "-w", f"net.ipv6.conf.{ifname}.disable_ipv6=1"], ns=ns, check=False)
             run(["ip", "addr", "add", f"{addr}/32", "peer", peer, "dev", ifname], ns=ns)
             run(["ip", "link", "set", ifname, "mtu", str(mtu), "up"], ns=ns)
+        for extra in addrs_b[1:]:  # the other paths' client addresses, routed over the same TUN pair
+            run(["ip", "addr", "add", f"{extra}/32", "dev", if_b], ns=ns_b)
+            run(["ip", "route", "add", f"{extra}/32", "dev", if_a, "src", addr_a], ns=ns_a)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -673,7 +733,7 @@ A user-space link between two network namespaces (like Mahimahi's mm-link), play
 with the simulator's own link model. Needs root.
 
   namespace <name>-a: TUN <name>a, 10.202.N.1   (the server side)
-  namespace <name>-b: TUN <name>b, 10.202.N.2   (the client side)
+  namespace <name>-b: TUN <name>b, 10.202.N.2   (the client side; path i of several: 10.202.N.(2+i))
 
 Packets a -> b (the downlink) cross the path's bottleneck: random loss (the path's loss model and loss
 faults), a drop-tail queue of queue_bytes, the rate (constant, schedule or Mahimahi trace, with rate and
@@ -704,12 +764,16 @@ def _child_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m live.tunlink", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description=_HELP, epilog=_EPILOG)
     p.add_argument("scenario", nargs="?", help="scenario file or built-in name (or give --path-json)")
-    p.add_argument("--path", help="which of the scenario's paths (default: the first)")
+    p.add_argument("--path", action="append",
+                   help="which of the scenario's paths (repeatable; default: all of them, one client address each)")
     p.add_argument("--path-json", help="a PathSpec as JSON, instead of a scenario")
     p.add_argument("--faults-json", default="[]", help="with --path-json: the path's faults as a JSON list")
-    p.add_argument("--base-dir", default=".", help="with --path-json: where relative trace files are")
+    p.add_argument("--paths-json",
+                   help="several paths instead of --path-json: a JSON list of {\"name\", \"spec\" (a PathSpec), "
+                   "\"faults\", \"index\"}; path i gets client address 10.202.N.(2+i)")
+    p.add_argument("--base-dir", default=".", help="with --path(s)-json: where relative trace files are")
     p.add_argument("--path-index", type=int, default=None,
-                   help="the path's index in the scenario (picks the simulator's loss stream)")
+                   help="with --path-json: the path's index in the scenario (picks the simulator's loss stream)")
     p.add_argument("--seed", type=int, default=None, help="loss seed (default: the scenario's; none: random)")
     p.add_argument("--name", help="base of the namespace and device names (<= 12 chars)")
     p.add_argument("--subnet", type=int, help="N of 10.202.N.0 (default: derived from the pid)")
@@ -739,10 +803,16 @@ def main(argv: list[str] | None = None) -> int:
     from scenarios.schema import Fault, PathSpec
 
     seed = args.seed
-    path_index = args.path_index
-    if args.path_json is not None:
-        spec = PathSpec.model_validate_json(args.path_json)
-        faults = TypeAdapter(list[Fault]).validate_json(args.faults_json)
+    plays: list[PathPlay]
+    fault_list = TypeAdapter(list[Fault])
+    if args.paths_json is not None:
+        plays = [PathPlay(str(d.get("name", f"p{i}")), PathSpec.model_validate(d["spec"]),
+                          fault_list.validate_python(d.get("faults", [])), int(d.get("index", i)))
+                 for i, d in enumerate(json.loads(args.paths_json))]
+        base_dir = Path(args.base_dir)
+    elif args.path_json is not None:
+        plays = [PathPlay("path", PathSpec.model_validate_json(args.path_json),
+                          fault_list.validate_json(args.faults_json), args.path_index or 0)]
         base_dir = Path(args.base_dir)
     elif args.scenario is not None:
         from scenarios import ScenarioError, load_scenario
@@ -753,15 +823,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         scn = loaded.scenario
-        path = args.path or next(iter(scn.paths))
-        if path not in scn.paths:
-            print(f"error: --path {path!r} is not one of {', '.join(scn.paths)}", file=sys.stderr)
+        names = args.path or list(scn.paths)
+        bad = [n for n in names if n not in scn.paths]
+        if bad:
+            print(f"error: --path {bad[0]!r} is not one of {', '.join(scn.paths)}", file=sys.stderr)
             return 2
-        spec, faults, base_dir = scn.paths[path], scn.faults_for(path), loaded.base_dir
+        plays = [PathPlay(n, scn.paths[n], scn.faults_for(n), list(scn.paths).index(n)) for n in names]
+        base_dir = loaded.base_dir
         seed = scn.seed if seed is None else seed
-        path_index = list(scn.paths).index(path) if path_index is None else path_index
     else:
         print("error: give a scenario or --path-json", file=sys.stderr)
+        return 2
+    if not 1 <= len(plays) <= MAX_PATHS:
+        print(f"error: a link plays 1 to {MAX_PATHS} paths, not {len(plays)}", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         print("error: needs root (TUN devices, network namespaces)", file=sys.stderr)
@@ -773,10 +847,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     subnet = args.subnet if args.subnet is not None else (os.getpid() + n) % 250 + 1
     ns_a, ns_b, if_a, if_b = f"{base}-a", f"{base}-b", f"{base}a", f"{base}b"
-    addr_a, addr_b = f"{SUBNET_PREFIX}.{subnet}.1", f"{SUBNET_PREFIX}.{subnet}.2"
+    addr_a = f"{SUBNET_PREFIX}.{subnet}.1"
+    addrs_b = [f"{SUBNET_PREFIX}.{subnet}.{2 + i}" for i in range(len(plays))]
 
-    down, up = path_schedules(spec, faults, base_dir, _loss_rng(seed, path_index or 0, 0))
-    pre = prestart_schedule(spec, faults, base_dir, _loss_rng(seed, path_index or 0, 1))
+    downs, ups, pres = [], [], []
+    for play in plays:  # each path's own loss stream: the simulator's for (seed, the path's index)
+        down, up = path_schedules(play.spec, play.faults, base_dir, _loss_rng(seed, play.index, 0))
+        downs.append(down)
+        ups.append(up)
+        pres.append(prestart_schedule(play.spec, play.faults, base_dir, _loss_rng(seed, play.index, 1)))
 
     # SIGINT / SIGTERM / SIGHUP: leave the loop and clean up (the loop watches a wake-up pipe)
     link_ref: list[TunLink] = []
@@ -801,15 +880,16 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"namespace {ns} does not exist")
                 run(["ip", "netns", "add", ns])
                 created.append(ns)
-        fds = _setup_devices(ns_a, ns_b, if_a, if_b, addr_a, addr_b, args.mtu)
-        link = TunLink(fds[0], fds[1], down, up, pre_down=pre)
+        fds = _setup_devices(ns_a, ns_b, if_a, if_b, addr_a, addrs_b, args.mtu)
+        link = TunLink(fds[0], fds[1], downs, ups, pre_down=pres)
         link_ref.append(link)
         link.sched = _set_realtime(args.rt_priority)
         if args.start_now:
             link.start_clock()
         _emit({"event": "ready", "pid": os.getpid(), "ns_a": ns_a, "ns_b": ns_b, "if_a": if_a, "if_b": if_b,
-               "addr_a": addr_a, "addr_b": addr_b, "queue_bytes": down.queue_bytes, "one_way_s": up.delay_s,
-               "t0": link.t0})
+               "addr_a": addr_a, "addr_b": addrs_b[0],
+               "addrs_b": {p.name: a for p, a in zip(plays, addrs_b, strict=True)},
+               "queue_bytes": downs[0].queue_bytes, "one_way_s": ups[0].delay_s, "t0": link.t0})
 
         control_fd: int | None = None
         control: Callable[[], bool] | None = None
@@ -969,6 +1049,7 @@ class TunPair(VethPair):
 
     prefix_len: int = 32
     link: LinkProcess = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    addrs_b: dict[str, str] = field(default_factory=dict)  # path name -> its client-side address
 
 
 def _json_of(model: Any) -> Any:
@@ -977,12 +1058,17 @@ def _json_of(model: Any) -> Any:
 
 @contextlib.contextmanager
 def tun_pair(spec: Any, faults: Sequence[Any] = (), base_dir: str | Path = ".", *, seed: int | None = None,
-             path_index: int = 0, name: str | None = None, mtu: int = MTU_BYTES, rt_priority: int = RT_PRIORITY,
-             handle_sigterm: bool = True, ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[TunPair]:
+             path_index: int = 0, paths: Sequence[PathPlay] | None = None, name: str | None = None,
+             mtu: int = MTU_BYTES, rt_priority: int = RT_PRIORITY, handle_sigterm: bool = True,
+             ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[TunPair]:
     """Namespaces ``<name>-a`` / ``<name>-b`` joined by a user-space link playing path ``spec`` (a
     ``scenarios.schema.PathSpec``) with ``faults`` (``scenario.faults_for(path)``; traces resolved
     against ``base_dir``). Loss draws come from the simulator's stream for (``seed``, ``path_index``).
     The link process runs SCHED_FIFO at ``rt_priority`` (0: normal scheduling; see ``--rt-priority``).
+
+    ``paths`` (instead of ``spec``, ``faults``, ``path_index``): several paths on one link, path i
+    reached at client address ``pair.addrs_b[name]`` (``10.202.N.(2+i)``; ``pair.addr_b`` is path 0's).
+    A client socket bound to a path's address crosses that path's bottleneck both ways.
 
     The path's clock starts with ``pair.link.start_clock()``. On exit — also after an exception, or
     SIGTERM when ``handle_sigterm`` and the caller has no SIGTERM handler of its own (it then raises
@@ -1007,9 +1093,14 @@ def tun_pair(spec: Any, faults: Sequence[Any] = (), base_dir: str | Path = ".", 
     try:
         for ns in (ns_a, ns_b):
             run(["ip", "netns", "add", ns])
-        argv = [sys.executable, "-m", "live.tunlink", "--path-json", json.dumps(_json_of(spec)),
-                "--faults-json", json.dumps([_json_of(f) for f in faults]), "--base-dir", str(Path(base_dir).resolve()),
-                "--path-index", str(path_index), "--name", base, "--subnet", str(subnet), "--mtu", str(mtu),
+        if paths is None:
+            paths = [PathPlay("path", spec, tuple(faults), path_index)]
+        if not 1 <= len(paths) <= MAX_PATHS:
+            raise ValueError(f"a link plays 1 to {MAX_PATHS} paths, not {len(paths)}")
+        plays = [{"name": p.name, "spec": _json_of(p.spec), "faults": [_json_of(f) for f in p.faults],
+                  "index": p.index} for p in paths]
+        argv = [sys.executable, "-m", "live.tunlink", "--paths-json", json.dumps(plays),
+                "--base-dir", str(Path(base_dir).resolve()), "--name", base, "--subnet", str(subnet), "--mtu", str(mtu),
                 "--rt-priority", str(rt_priority), "--netns-exist", "--delete-netns"]
         if seed is not None:
             argv += ["--seed", str(seed)]
@@ -1022,7 +1113,7 @@ def tun_pair(spec: Any, faults: Sequence[Any] = (), base_dir: str | Path = ".", 
         link = LinkProcess(proc)
         info = link.wait_ready(ready_timeout_s)
         yield TunPair(ns_a=info["ns_a"], ns_b=info["ns_b"], if_a=info["if_a"], if_b=info["if_b"],
-                      addr_a=info["addr_a"], addr_b=info["addr_b"], link=link)
+                      addr_a=info["addr_a"], addr_b=info["addr_b"], link=link, addrs_b=dict(info["addrs_b"]))
     finally:
         try:
             if link is not None:

@@ -57,13 +57,16 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def ping(pair: TunPair, count: int, interval_s: float, *, payload: int = 56, wait_s: float = 3.0
-         ) -> list[tuple[float, float | None]]:
-    """ICMP echo from side b to side a: ``(sent, received or None)`` per request, on the monotonic clock.
+def ping(pair: TunPair, count: int, interval_s: float, *, payload: int = 56, wait_s: float = 3.0,
+         src: str | None = None) -> list[tuple[float, float | None]]:
+    """ICMP echo from side b (from address ``src``: default the kernel's choice) to side a: ``(sent,
+    received or None)`` per request, on the monotonic clock.
 
     The receive time is the kernel's timestamp of the reply, converted from CLOCK_REALTIME."""
     with in_netns(pair.ns_b):
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    if src is not None:
+        s.bind((src, 0))
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     ident = (os.getpid() + threading.get_ident()) & 0xFFFF
     sent: dict[int, float] = {}
@@ -163,6 +166,31 @@ def test_idle_ping_sees_the_path_rtt(live: None) -> None:
     assert 38.0 <= rtts[len(rtts) // 2] <= 42.0
     # this VM stalls now and then for several ms (both vCPUs at once: the host); most pings are spared
     assert sum(38.0 <= r <= 42.0 for r in rtts) >= 0.8 * len(rtts)
+
+
+def test_two_paths_each_with_its_own_rtt_and_rate(live: None) -> None:
+    """Several paths on one link: path i is client address 10.202.N.(2+i). Pings from each address see
+    that path's RTT; a download to each address gets that path's rate (the downlink is demultiplexed by
+    destination, the uplink by source)."""
+    from live.tunlink import PathPlay
+
+    plays = [PathPlay("slow", _path(rate_mbps=2, rtt_ms=80), (), 0),
+             PathPlay("fast", _path(rate_mbps=8, rtt_ms=20), (), 1)]
+    with tun_pair(None, paths=plays, base_dir=REPO, seed=1) as pair:
+        pair.link.start_clock()
+        assert list(pair.addrs_b) == ["slow", "fast"] and pair.addrs_b["slow"] == pair.addr_b
+        rtts = {name: _rtts_ms(ping(pair, 12, 0.05, src=addr)) for name, addr in pair.addrs_b.items()}
+        goodput = {}
+        for name, addr in pair.addrs_b.items():
+            rep = _iperf3(pair, ["-R", "-t", "2", "-B", addr])
+            goodput[name] = rep["end"]["sum_received"]["bits_per_second"] / 1e6
+        stats = pair.link.stats()
+    med = {n: r[len(r) // 2] for n, r in rtts.items()}
+    print(f"\ntwo paths: ping p50 {med}; iperf3 -R goodput Mbit/s {goodput}; "
+          f"per-path passed pkts {[p['passed_pkts'] for p in stats['down']['paths']]}")
+    assert 78.0 <= med["slow"] <= 84.0 and 18.0 <= med["fast"] <= 24.0
+    assert 1.6 <= goodput["slow"] <= 2.0 and 6.4 <= goodput["fast"] <= 8.0
+    assert all(p["passed_pkts"] > 100 for p in stats["down"]["paths"])
 
 
 def test_bulk_flow_goodput_and_queue_bound(live: None) -> None:
