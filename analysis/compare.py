@@ -24,6 +24,10 @@ is null and the entry is left out of the median too.
 :func:`analysis.metrics.rank_controllers` (QoE within 0.005 of the best is a tie, which the
 fewer wasted tokens break); ``same_best`` says whether both put the same controller first, and ``kendall_tau``
 is :func:`scipy.stats.kendalltau` of the two rank orders (null with fewer than two controllers).
+``sim_tied_best`` / ``lab_tied_best`` (:func:`analysis.metrics.tied_best`) list the controllers each
+cannot tell from its best (QoE within 0.005 and waste within half a point): when they serve readers
+and waste alike, which comes first is noise, and ``best_within_ties`` says whether each side's best
+is in the other's tied set.
 
 **Trajectories**: for each controller, one PNG ``plots/fidelity_<controller>.png`` with two
 panels, smoothed RTT (``srtt_ms``) and decided rate (``rate_tps``) over time, simulator and lab
@@ -48,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.metrics import rank_controllers, summarize_run
+from analysis.metrics import rank_controllers, summarize_run, tied_best
 from analysis.results import ResultsFormatError, Run, Table, load_run, write_json
 
 if TYPE_CHECKING:
@@ -133,12 +137,17 @@ def ranking_agreement(sim_ctrls: Mapping[str, Any], lab_ctrls: Mapping[str, Any]
         names = sorted(common)
         res = kendalltau([sim_rank.index(n) for n in names], [lab_rank.index(n) for n in names])
         tau = _number(res.statistic)
+    sim_tied = tied_best({n: sim_ctrls[n] for n in common})
+    lab_tied = tied_best({n: lab_ctrls[n] for n in common})
     return {
         "sim_ranking": sim_rank,
         "lab_ranking": lab_rank,
         "sim_best": sim_rank[0] if sim_rank else None,
         "lab_best": lab_rank[0] if lab_rank else None,
         "same_best": bool(sim_rank) and sim_rank[0] == lab_rank[0],
+        "sim_tied_best": sim_tied,
+        "lab_tied_best": lab_tied,
+        "best_within_ties": bool(sim_rank) and sim_rank[0] in lab_tied and lab_rank[0] in sim_tied,
         "kendall_tau": tau,
     }
 
@@ -345,6 +354,10 @@ def fidelity_tables(result: Mapping[str, Any]) -> list[RenderableType]:
         ("yes" if r["same_best"] else "no", "green" if r["same_best"] else "red"),
         f" (sim {r['sim_best']}, lab {r['lab_best']}); Kendall tau {tau}",
     )
+    if not r["same_best"] and r.get("best_within_ties"):
+        ranking.append(f"\n  within the ties (QoE within 0.005, waste within 0.5 points): sim "
+                       f"{{{', '.join(r['sim_tied_best'])}}}, lab {{{', '.join(r['lab_tied_best'])}}} -- each "
+                       "best is among the other's", style="yellow")
     out: list[RenderableType] = [detail, medians, ranking]
     if result["only_sim"] or result["only_lab"]:
         out.append(

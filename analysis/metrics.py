@@ -58,6 +58,7 @@ __all__ = [
     "METRIC_KEYS",
     "QOE_TIE",
     "TABLE_COLUMNS",
+    "WASTE_TIE",
     "StreamMetrics",
     "TableColumn",
     "format_table",
@@ -68,6 +69,7 @@ __all__ = [
     "stream_tokens",
     "summarize_controller",
     "summarize_run",
+    "tied_best",
 ]
 
 Metric = float | int | None
@@ -350,6 +352,34 @@ def rank_controllers(summary: Mapping[str, Any], *, qoe_tie: float = QOE_TIE) ->
         ranked.append(best)
         left.remove(best)
     return ranked
+
+
+WASTE_TIE = 0.005  # waste fractions this close (half a point of the tokens generated) are the same waste
+
+
+def tied_best(summary: Mapping[str, Any], *, qoe_tie: float = QOE_TIE, waste_tie: float = WASTE_TIE) -> list[str]:
+    """The controllers nobody could tell from :func:`rank_controllers`' best: QoE within ``qoe_tie`` of
+    the best's and ``waste_frac`` within ``waste_tie`` of it (best first, then in rank order). When
+    several controllers serve readers equally and waste equally, which of them comes first is noise;
+    two runs agree on the best if each one's best is in the other's tied set."""
+    ctrls: Mapping[str, Mapping[str, Any]] = summary.get("controllers", summary)
+    ranked = rank_controllers(ctrls, qoe_tie=qoe_tie)
+    if not ranked:
+        return []
+
+    def value(name: str, key: str) -> float | None:
+        v = ctrls[name].get(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    best_q, best_w = value(ranked[0], "qoe_mean"), value(ranked[0], "waste_frac")
+    out = [ranked[0]]
+    for name in ranked[1:]:
+        q, w = value(name, "qoe_mean"), value(name, "waste_frac")
+        if None in (q, w, best_q, best_w):
+            continue
+        if abs(q - best_q) <= qoe_tie and abs(w - best_w) <= waste_tie:  # type: ignore[operator]
+            out.append(name)
+    return out
 
 
 @dataclass(frozen=True)

@@ -319,3 +319,18 @@ def test_cli_no_common_controller_exits_2(tmp_path: Path) -> None:
     proc = _cli(sim, lab)
     assert proc.returncode == 2 and "no controller in common" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ranking_agreement_within_ties() -> None:
+    """Two controllers alike in QoE and waste on both sides, first in a different order: not the same
+    best, but each side's best is in the other's tied set; a real difference in waste is no tie."""
+    sim = {"a": {"qoe_mean": 0.996, "waste_frac": 0.0}, "b": {"qoe_mean": 0.995, "waste_frac": 0.0},
+           "c": {"qoe_mean": 0.95, "waste_frac": 0.0}}
+    lab = {"a": {"qoe_mean": 0.994, "waste_frac": 0.0}, "b": {"qoe_mean": 0.997, "waste_frac": 0.0},
+           "c": {"qoe_mean": 0.96, "waste_frac": 0.0}}
+    r = ranking_agreement(sim, lab)
+    assert r["same_best"] is False and r["best_within_ties"] is True
+    assert r["sim_tied_best"] == ["a", "b"] and r["lab_tied_best"] == ["b", "a"]
+    lab_wasteful = {**lab, "b": {"qoe_mean": 0.997, "waste_frac": 0.2}}
+    r2 = ranking_agreement(sim, lab_wasteful)
+    assert r2["lab_best"] == "a" and r2["same_best"] is True and r2["lab_tied_best"] == ["a"]

@@ -36,6 +36,7 @@ from analysis.metrics import (
     stream_metrics,
     summarize_controller,
     summarize_run,
+    tied_best,
 )
 from analysis.results import (
     STREAMS_COLUMNS,
@@ -238,6 +239,12 @@ def test_rank_and_table(run_dir: Path):
              "z": {"qoe_mean": 0.890, "tokens_wasted": 0}}
     assert rank_controllers(close) == ["y", "x", "z"]
     assert rank_controllers(close, qoe_tie=0) == ["x", "y", "z"]
+    # tied with the best: QoE within 0.005 and waste within 0.005 of its; here x wastes 4 points more
+    close_w = {"x": {"qoe_mean": 0.900, "waste_frac": 0.05}, "y": {"qoe_mean": 0.897, "waste_frac": 0.01},
+               "w": {"qoe_mean": 0.899, "waste_frac": 0.013}, "z": {"qoe_mean": 0.890, "waste_frac": 0.0}}
+    assert rank_controllers(close_w)[0] == "y"
+    assert tied_best(close_w) == ["y", "w"]
+    assert tied_best({}) == []
     table = format_table(summary)
     assert table.row_count == 2
     from rich.console import Console
