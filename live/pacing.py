@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import logging
 import math
+import os
 import struct
 import termios
 import time
@@ -164,6 +165,21 @@ _INT0 = b"\0\0\0\0"
 
 def _ioctl_int(fd: int, request: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, request, _INT0))[0])
+
+
+def set_congestion_control(fd: int, cc: str) -> None:
+    """TCP_CONGESTION on one connection, before its first response byte. Per socket, because a network
+    namespace may only default to the algorithms in ``tcp_allowed_congestion_control`` (here reno
+    and bbr), while a process with CAP_NET_ADMIN may give any loaded one to its own sockets."""
+    import socket
+
+    sock = socket.socket(fileno=os.dup(fd))  # a view on the same socket; closing it closes only the dup
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+    except OSError as exc:
+        log.warning("cannot set TCP_CONGESTION=%s on a connection: %s", cc, exc)
+    finally:
+        sock.close()
 
 
 def track_connection(transport: Any) -> ConnState:
@@ -414,8 +430,10 @@ class PacingLoop:
 
     def __init__(self, source: TelemetrySource, *, interval_s: float = 0.1,
                  clock: Callable[[], float] = time.monotonic, recorder: Any = None,
-                 metrics: LiveMetrics | None = None, ack_grace_s: float = 2.0) -> None:
+                 metrics: LiveMetrics | None = None, ack_grace_s: float = 2.0,
+                 tcp_congestion: str | None = None) -> None:
         self.source = source
+        self.tcp_congestion = tcp_congestion  # set on each connection when first seen (None: leave it)
         self.interval_s = interval_s
         self.clock = clock
         self.recorder = recorder
@@ -432,9 +450,12 @@ class PacingLoop:
 
     # ------------------------------------------------------------------ registration
     def connection(self, transport: Any) -> ConnState:
+        known = getattr(transport, "_tokenpace_conn", None) is not None
         conn = track_connection(transport)
         if conn.cookie is not None:
             self.conns[conn.cookie] = conn
+        if not known and self.tcp_congestion is not None and conn.fd is not None:
+            set_congestion_control(conn.fd, self.tcp_congestion)
         return conn
 
     def unique_id(self, wanted: str | None) -> str:

@@ -104,6 +104,9 @@ class LiveConfig(BaseModel):
         "bytes_per_token, so the lab carries what the simulator models); None: OpenAI's chunks as they are")
     iface: str | None = None
     fault: str | None = None
+    tcp_congestion: str | None = Field(
+        None, description="TCP_CONGESTION set on every client connection (the lab: the path's cc); None: the "
+        "system default")
     scenario: dict[str, Any] | None = Field(None, description="resolved scenario, recorded in run.json")
 
     @model_validator(mode="after")
@@ -380,7 +383,8 @@ class LiveServer:
             if self.recorder is not None:
                 self.engine.tee.add(self.recorder)
         self.pacing = PacingLoop(self.source, interval_s=config.control_interval_s, clock=clock,
-                                 recorder=self.recorder, metrics=self.metrics, ack_grace_s=config.ack_grace_s)
+                                 recorder=self.recorder, metrics=self.metrics, ack_grace_s=config.ack_grace_s,
+                                 tcp_congestion=config.tcp_congestion)
         self.started = False
 
     @property

@@ -170,6 +170,7 @@ def test_lab_plays_every_path_and_its_cross_traffic(live, tmp_path):  # type: ig
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     lab = json.loads((out / "run.json").read_text())["lab"]
     assert lab["paths"] == ["far", "near"] and set(lab["client_addrs"]) == {"far", "near"}
+    assert lab["cc"] == "cubic"  # the paths' (default) cc, not the machine's default
     assert not any("only path" in n or "cross_traffic" in n for n in lab["notes"]), lab["notes"]
     run = lab["runs"][0]
     per_path = run["link"]["down"]["paths"]

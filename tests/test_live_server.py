@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -396,3 +397,24 @@ def test_byte_accounting_is_exact_across_keep_alive_responses() -> None:
     assert ps.update_acks(1.0) == 4
     conn.acked = len(raws[0]) + ps.token_end[4]
     assert ps.update_acks(2.0) == 5 and ps.t_acked == [1.0] * 4 + [2.0]
+
+
+def test_tcp_congestion_is_set_on_every_client_connection() -> None:
+    """``tcp_congestion`` (the lab: the path's cc) is what each client connection runs, whatever the
+    machine's default (BBR here); reno is always allowed, so this needs no privilege."""
+    import socket
+
+    async def main() -> bytes:
+        async with running_server(config(tcp_congestion="reno")) as srv, aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
+            body = chat_body(5, tokenpace={"stream_id": "cc1"})
+            async with session.post(url, json=body) as resp:
+                await resp.read()
+                conn = srv.state.pacing.get("cc1").conn
+                sock = socket.socket(fileno=os.dup(conn.fd))
+                try:
+                    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+                finally:
+                    sock.close()
+
+    assert run(main()) == b"reno"
