@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappush
-from typing import Literal
+from typing import Any, Literal
 
 import simpy
 from simpy.events import NORMAL, Event
@@ -530,23 +530,23 @@ class TcpConnection:
         server's SYN-ACK the downlink (queued behind other traffic; if lost it is resent after
         1 s, 2 s, ... as Linux does), and the client's ACK, carrying the request, the reverse path
         again. When that reaches the server the connection is established: the SYN-ACK's round
-        trip seeds srtt and the RTO (Linux's `tcp_synack_rtt_meas`; none if the SYN-ACK was resent)
+        trip seeds srtt and the RTO (Linux's `tcp_synack_rtt_meas`: with timestamps the client's ACK
+        echoes the send time of the SYN-ACK copy it got, so a resent SYN-ACK gives a sample too)
         and ``on_established()`` runs -- the request has arrived. Data written before then waits."""
         self.established = False
-        state = {"sent_s": [], "client_has_it": False}
+        state: dict[str, Any] = {"sent_s": [], "client_has_it": False, "echo_s": None}
 
-        def synack_arrived(_pkt: object) -> None:
+        def synack_arrived(sent_s: float) -> None:
             if self.closed or state["client_has_it"]:
                 return
             state["client_has_it"] = True
+            state["echo_s"] = sent_s
             call_at(self._env, self._env.now + self._ack_delay_s, request_arrived)
 
         def request_arrived(_ev: Event) -> None:
             if self.closed:
                 return
-            sent = state["sent_s"]
-            if len(sent) == 1:
-                self._rtt_sample(self._env.now - sent[0])
+            self._rtt_sample(self._env.now - state["echo_s"])
             self.established = True
             on_established()
             self._push()
@@ -557,8 +557,9 @@ class TcpConnection:
             tries = len(state["sent_s"])
             if tries > _SYNACK_RETRIES:
                 return  # Linux gives up on the half-open connection; the reader's patience ends it
-            state["sent_s"].append(self._env.now)
-            self._link.send(_Control(_SYNACK_BYTES), synack_arrived)
+            now = self._env.now
+            state["sent_s"].append(now)
+            self._link.send(_Control(_SYNACK_BYTES), lambda _pkt: synack_arrived(now))
             call_at(self._env, self._env.now + _SYNACK_TIMEOUT_S * 2**tries, send_synack)
 
         call_at(self._env, self._env.now + self._ack_delay_s, send_synack)  # the SYN reaches the server
@@ -728,9 +729,17 @@ class TcpConnection:
                 self._segs_base_n = k
             self.snd_una = ack_seq
             self._rto_backoffs = 0
-            # Karn: no sample if any newly ACKed segment was retransmitted (which copy arrived?).
+            # Karn: no sample from sequence numbers if any newly ACKed segment was retransmitted (which
+            # copy arrived?). But Linux runs with timestamps: the ACK echoes the send time of the copy
+            # that filled the hole (`seg`), and `tcp_ack_update_rtt` takes that sample instead -- which
+            # also recomputes an RTO that timeouts had doubled. Trusted only if that copy could have
+            # made the round trip (else an earlier copy arrived: RFC 8985 6.2, step 2).
             if first_sent_s >= 0 and not retx_acked:
                 rtt_s = now - first_sent_s
+            elif retx_acked and seg.end <= ack_seq:
+                ts_rtt_s = now - seg.sent_t
+                if self.min_rtt_s is None or ts_rtt_s >= self.min_rtt_s:
+                    rtt_s = ts_rtt_s
             if self.acked_log is not None:
                 self.acked_log[0].append(now)
                 self.acked_log[1].append(ack_seq)

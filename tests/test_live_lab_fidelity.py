@@ -28,15 +28,16 @@ pytestmark = [pytest.mark.live, pytest.mark.slow]
 # At the target's edge: met in some runs and missed in others (numbers in the reasons), so they are reported
 # either way rather than gating CI on lab noise. itl_p50, stall_ratio and effective_tps have stayed under 2%.
 NOT_MET: dict[str, tuple[str, bool]] = {
-    "ttft_p50_s": ("measured 9.6%, 10.2%, 4.9%: lab ~0.124-0.130 s vs sim 0.118 s in the slower runs; ~4 ms of a "
-                   "request is the client's and server's HTTP handling (64.6 ms vs 60.2 ms of network)", False),
-    "ttft_p99_s": ("measured 4.8%, 12.7%, 5.6% (21-31% before the server padded events to bytes_per_token)",
-                   False),
-    "waste_frac": ("measured 0.7%, 0.3%, 0.7%, then 10.2% in one CI run: the lab's fixed wasted 59.9% vs the "
-                   "model's 54.3% and buffer 16.2% vs 12.2% -- which readers give up during the outage, and when, "
-                   "varies from lab run to lab run (first measured 31.6% APE for buffer alone)", False),
-    "itl_p99_s": ("measured 11.5%, 13.9%, 8.7%: in the slower runs the lab's token gaps are longer in the tail "
-                  "(unpaced 57 ms vs 50 ms, buffer 124 ms vs 102 ms)", False),
+    "ttft_p50_s": ("measured 9.6%, 10.2%, 4.9%, then 4.5% and 5.0% (the lab's TCP now CUBIC, as modelled): lab "
+                   "~0.124-0.130 s vs sim 0.118 s in the slower runs; ~4 ms of a request is the client's and "
+                   "server's HTTP handling (64.6 ms vs 60.2 ms of network)", False),
+    "ttft_p99_s": ("measured 4.8%, 12.7%, 5.6%, 5.3%, 5.1% (21-31% before the server padded events to "
+                   "bytes_per_token)", False),
+    "waste_frac": ("measured 0.7%, 0.3%, 0.7%, 0.7%, 0.9%, and 10.2% in one CI run: the lab's fixed wasted 59.9% "
+                   "vs the model's 54.3% and buffer 16.2% vs 12.2% -- which readers give up during the outage, and "
+                   "when, varies from lab run to lab run (first measured 31.6% APE for buffer alone)", False),
+    "itl_p99_s": ("measured 11.5%, 13.9%, 8.7%, 9.9%, 14.5%: in the slower runs the lab's token gaps are longer in "
+                  "the tail (unpaced 57 ms vs 50 ms, buffer 124 ms vs 102 ms)", False),
 }
 
 

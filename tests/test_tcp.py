@@ -253,7 +253,8 @@ def test_a_lost_synack_is_resent_after_one_second():
     p.conn.connect(lambda: est.append(p.env.now))
     p.env.run(until=5.0)
     assert est == [pytest.approx(1.02 + 0.04 + 60 * 8 / 100e6, abs=1e-9)]
-    assert p.conn.srtt_s is None  # the SYN-ACK was resent: which copy arrived? (Karn)
+    # the client's ACK echoes the timestamp of the copy it got (the resent one): a sample of one round trip
+    assert p.conn.srtt_s == pytest.approx(0.04 + 60 * 8 / 100e6, abs=1e-9)
 
 
 def test_losing_a_whole_window_times_out_with_backoff():
@@ -273,8 +274,11 @@ def test_losing_a_whole_window_times_out_with_backoff():
     assert c.retrans_segs == 12  # the probe, segment 0 twice, then 1..9 as the window reopens (go-back-N)
     assert c.rcv_nxt == 10 * MSS and c.snd_una == 10 * MSS
     assert p.acked[0][0] == pytest.approx(4.04, abs=1e-3)
-    assert c.srtt_s is None  # Karn: every ACKed segment was retransmitted, no RTT sample
-    assert c.rto_s == pytest.approx(4.0)  # backed off, and no sample has reset it
+    # Every ACKed segment was retransmitted (Karn: no sequence-number sample), but with timestamps the
+    # ACK of the retransmission sent at 4.0 s echoes its send time: a 40 ms sample, which also ends the
+    # backed-off 4 s RTO (Linux's tcp_ack_update_rtt): srtt + max(4 rttvar, 200 ms).
+    assert c.srtt_s == pytest.approx(0.04, rel=0.05)
+    assert c.rto_s == pytest.approx(c.srtt_s + 0.2, rel=0.05)
 
 
 def test_rto_timer_is_lazy_and_stops_when_all_is_acked():
