@@ -49,9 +49,16 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    print(HEADER)
+    rows = []
     for f in argv:
-        print(row(json.loads(Path(f).read_text())))
+        try:
+            rows.append(row(json.loads(Path(f).read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {f}: not a fidelity.json of `python -m analysis compare` ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            return 2
+    print(HEADER)
+    print("\n".join(rows))
     return 0
 
 

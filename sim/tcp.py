@@ -110,10 +110,12 @@ class Segment:
 
     `seq`/`end` are payload byte offsets; `size_bytes` includes headers. `n` numbers segments in
     send order. `state` is the scoreboard state (in flight, SACKed, lost, retransmission out);
-    `retx` (retransmitted at least once) is what Karn's rule checks.
+    `retx` (retransmitted at least once) is what Karn's rule checks. `sent_t` is the latest
+    transmission's time; `echo_t` the send time of the copy that last reached the receiver, which is
+    what its ACK echoes as a TCP timestamp (the original's until a retransmission arrives instead).
     """
 
-    __slots__ = ("conn", "end", "n", "retx", "sent_t", "seq", "size_bytes", "state")
+    __slots__ = ("conn", "echo_t", "end", "n", "retx", "sent_t", "seq", "size_bytes", "state")
 
     def __init__(self, conn: TcpConnection, n: int, seq: int, end: int, size_bytes: int, sent_t: float) -> None:
         self.conn = conn
@@ -122,6 +124,7 @@ class Segment:
         self.end = end
         self.size_bytes = size_bytes
         self.sent_t = sent_t
+        self.echo_t = sent_t
         self.state = _IN_FLIGHT
         self.retx = False
 
@@ -530,23 +533,25 @@ class TcpConnection:
         server's SYN-ACK the downlink (queued behind other traffic; if lost it is resent after
         1 s, 2 s, ... as Linux does), and the client's ACK, carrying the request, the reverse path
         again. When that reaches the server the connection is established: the SYN-ACK's round
-        trip seeds srtt and the RTO (Linux's `tcp_synack_rtt_meas`: with timestamps the client's ACK
-        echoes the send time of the SYN-ACK copy it got, so a resent SYN-ACK gives a sample too)
-        and ``on_established()`` runs -- the request has arrived. Data written before then waits."""
+        trip seeds srtt and the RTO (Linux's `tcp_synack_rtt_meas`: none if the SYN-ACK was resent --
+        the lab shows it: a stream whose SYN-ACK and then first token were lost waits ~1 s more for a
+        probe with no srtt) and ``on_established()`` runs -- the request has arrived. Data written
+        before then waits."""
         self.established = False
-        state: dict[str, Any] = {"sent_s": [], "client_has_it": False, "echo_s": None}
+        state: dict[str, Any] = {"sent_s": [], "client_has_it": False}
 
-        def synack_arrived(sent_s: float) -> None:
+        def synack_arrived(_pkt: object) -> None:
             if self.closed or state["client_has_it"]:
                 return
             state["client_has_it"] = True
-            state["echo_s"] = sent_s
             call_at(self._env, self._env.now + self._ack_delay_s, request_arrived)
 
         def request_arrived(_ev: Event) -> None:
             if self.closed:
                 return
-            self._rtt_sample(self._env.now - state["echo_s"])
+            sent = state["sent_s"]
+            if len(sent) == 1:
+                self._rtt_sample(self._env.now - sent[0])
             self.established = True
             on_established()
             self._push()
@@ -557,9 +562,8 @@ class TcpConnection:
             tries = len(state["sent_s"])
             if tries > _SYNACK_RETRIES:
                 return  # Linux gives up on the half-open connection; the reader's patience ends it
-            now = self._env.now
-            state["sent_s"].append(now)
-            self._link.send(_Control(_SYNACK_BYTES), lambda _pkt: synack_arrived(now))
+            state["sent_s"].append(self._env.now)
+            self._link.send(_Control(_SYNACK_BYTES), synack_arrived)
             call_at(self._env, self._env.now + _SYNACK_TIMEOUT_S * 2**tries, send_synack)
 
         call_at(self._env, self._env.now + self._ack_delay_s, send_synack)  # the SYN reaches the server
@@ -673,7 +677,7 @@ class TcpConnection:
         self.retrans_out += 1
         self.retrans_segs += 1
         self._retx_fifo.append((now, seg))
-        self._link.send(seg, self._rx_cb)
+        self._link.send(seg, self._retx_copy(now))
         if seg.n == self._una_n:
             # Linux: resending the head restarts the timer, which gives the repair a full RTO.
             self._rto.set(now + self.rto_s)
@@ -731,15 +735,13 @@ class TcpConnection:
             self._rto_backoffs = 0
             # Karn: no sample from sequence numbers if any newly ACKed segment was retransmitted (which
             # copy arrived?). But Linux runs with timestamps: the ACK echoes the send time of the copy
-            # that filled the hole (`seg`), and `tcp_ack_update_rtt` takes that sample instead -- which
-            # also recomputes an RTO that timeouts had doubled. Trusted only if that copy could have
-            # made the round trip (else an earlier copy arrived: RFC 8985 6.2, step 2).
+            # that filled the hole (`seg.echo_t`: the original's if it arrived after all, a spurious
+            # retransmission's queueing included), and `tcp_ack_update_rtt` takes that sample instead,
+            # which also recomputes an RTO that timeouts had doubled.
             if first_sent_s >= 0 and not retx_acked:
                 rtt_s = now - first_sent_s
             elif retx_acked and seg.end <= ack_seq:
-                ts_rtt_s = now - seg.sent_t
-                if self.min_rtt_s is None or ts_rtt_s >= self.min_rtt_s:
-                    rtt_s = ts_rtt_s
+                rtt_s = now - seg.echo_t
             if self.acked_log is not None:
                 self.acked_log[0].append(now)
                 self.acked_log[1].append(ack_seq)
@@ -960,7 +962,7 @@ class TcpConnection:
             s.retx = True  # Karn: its ACK gives no RTT sample
             s.sent_t = now
             self.retrans_segs += 1
-            self._link.send(s, self._rx_cb)
+            self._link.send(s, self._retx_copy(now))
         self.tlp_probes += 1
         self._tlp_high_seq = self.snd_max
         self._rto.set(now + self.rto_s)
@@ -1038,6 +1040,16 @@ class TcpConnection:
         self._push()
 
     # ---------------------------------------------------------------- receiver
+
+    def _retx_copy(self, sent_s: float) -> Callable[[Segment], None]:
+        """The arrival callback of a retransmitted copy: the receiver then echoes this copy's send
+        time (originals use `_on_segment` directly and leave the original's)."""
+
+        def arrived(seg: Segment) -> None:
+            seg.echo_t = sent_s
+            self._on_segment(seg)
+
+        return arrived
 
     def _on_segment(self, seg: Segment) -> None:
         """A data segment reached the receiver."""

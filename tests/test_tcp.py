@@ -253,8 +253,7 @@ def test_a_lost_synack_is_resent_after_one_second():
     p.conn.connect(lambda: est.append(p.env.now))
     p.env.run(until=5.0)
     assert est == [pytest.approx(1.02 + 0.04 + 60 * 8 / 100e6, abs=1e-9)]
-    # the client's ACK echoes the timestamp of the copy it got (the resent one): a sample of one round trip
-    assert p.conn.srtt_s == pytest.approx(0.04 + 60 * 8 / 100e6, abs=1e-9)
+    assert p.conn.srtt_s is None  # the SYN-ACK was resent: no sample (Linux's tcp_synack_rtt_meas)
 
 
 def test_losing_a_whole_window_times_out_with_backoff():
@@ -390,3 +389,15 @@ def test_every_written_byte_arrives_in_order_whatever_is_lost(cc, p, burst, writ
     assert values == sorted(values) and p_.conn.rcv_nxt == total == p_.conn.snd_una
     check_scoreboard(p_.conn)
     assert p_.conn.rto_deadline_s is None
+
+
+def test_a_spurious_retransmission_still_gives_the_true_rtt_from_the_echoed_timestamp():
+    """A 1.4 s round trip against the initial 1 s RTO: the segment is resent at 1 s, spuriously -- the
+    original arrives at 0.7 s. Its ACK echoes the original's send time, as Linux's timestamps do, so
+    the sample is the true 1.4 s rather than the 0.4 s since the resend."""
+    p = make_path(rate_bps=100e6, one_way_s=0.7)
+    p.conn.write(100)
+    p.env.run(until=3.0)
+    c = p.conn
+    assert c.retrans_segs == 1 and p.link.retransmissions()[0][0] == pytest.approx(1.0)
+    assert c.srtt_s == pytest.approx(1.4, abs=1e-3)
