@@ -13,8 +13,8 @@ simulator's bulk connections, each flow
   256 KiB buffer in a loop on a blocking socket), so the flow is limited only by its congestion
   window and the path;
 * runs the scenario's congestion control: ``TCP_CONGESTION`` is set per socket, before ``connect``,
-  so the handshake already belongs to it and the kernel's default (``net.ipv4.tcp_congestion_control``,
-  which the lab's paced streams keep) is not touched;
+  so the handshake already belongs to it, and the kernel's default (``net.ipv4.tcp_congestion_control``)
+  is not touched (the paced server sets its own connections' likewise);
 * starts at ``start_s`` and is aborted at ``stop_s`` on the scenario's clock. Time 0 comes from the
   lab as for the server and the client (an :func:`live.lab.epoch_line` on the sender's stdin). The
   abort is an RST (``SO_LINGER`` 0): what is still in the send buffer is thrown away, as

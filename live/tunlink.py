@@ -50,8 +50,9 @@ at the same instants); no busy-waiting would remove it. ``stats()`` reports the 
 
 What differs from the simulator is the traffic, not the link: the real downlink also carries the
 server's pure ACKs, SYN-ACKs and FINs, the uplink the requests; the kernel's TCP (its MSS from the
-1500-byte MTU, its congestion control) replaces ``sim.tcp`` — the path's ``cc``, ``mss_bytes`` and
-``init_cwnd_pkts`` are not applied here, nor is ``cross_traffic``.
+1500-byte MTU, its congestion control) replaces ``sim.tcp``. The link applies none of the path's TCP
+settings (``cc``, ``mss_bytes``, ``init_cwnd_pkts``) nor its ``cross_traffic``: the lab sets ``cc`` on
+the server's sockets and generates cross traffic itself (:mod:`live.crosstraffic`).
 
 Use it like :func:`live.netns.veth_pair`::
 
