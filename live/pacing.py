@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import logging
 import math
-import os
 import struct
 import termios
 import time
@@ -167,23 +166,21 @@ def _ioctl_int(fd: int, request: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, request, _INT0))[0])
 
 
-def set_congestion_control(fd: int, cc: str) -> None:
+def _set_congestion_control(sock: Any, cc: str) -> None:
     """TCP_CONGESTION on one connection, before its first response byte. Per socket, because a network
     namespace may only default to the algorithms in ``tcp_allowed_congestion_control`` (here reno
     and bbr), while a process with CAP_NET_ADMIN may give any loaded one to its own sockets."""
     import socket
 
-    sock = socket.socket(fileno=os.dup(fd))  # a view on the same socket; closing it closes only the dup
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     except OSError as exc:
         log.warning("cannot set TCP_CONGESTION=%s on a connection: %s", cc, exc)
-    finally:
-        sock.close()
 
 
-def track_connection(transport: Any) -> ConnState:
-    """The connection state of a transport, created (and the transport wrapped) on first sight."""
+def track_connection(transport: Any, tcp_congestion: str | None = None) -> ConnState:
+    """The connection state of a transport, created (and the transport wrapped, and its congestion
+    control set to ``tcp_congestion`` unless None) on first sight."""
     conn = getattr(transport, "_tokenpace_conn", None)
     if conn is not None:
         return conn
@@ -200,6 +197,8 @@ def track_connection(transport: Any) -> ConnState:
             _ioctl_int(fd, SIOCOUTQ)  # a TCP socket answers; anything else drops to the telemetry's count
         except (OSError, AttributeError, ValueError):
             fd = None
+        if tcp_congestion is not None and fd is not None:
+            _set_congestion_control(sock, tcp_congestion)
     conn = ConnState(transport, cookie, fd)
     if transport is None:
         return conn
@@ -450,12 +449,9 @@ class PacingLoop:
 
     # ------------------------------------------------------------------ registration
     def connection(self, transport: Any) -> ConnState:
-        known = getattr(transport, "_tokenpace_conn", None) is not None
-        conn = track_connection(transport)
+        conn = track_connection(transport, self.tcp_congestion)
         if conn.cookie is not None:
             self.conns[conn.cookie] = conn
-        if not known and self.tcp_congestion is not None and conn.fd is not None:
-            set_congestion_control(conn.fd, self.tcp_congestion)
         return conn
 
     def unique_id(self, wanted: str | None) -> str:

@@ -446,8 +446,6 @@ class TunLink:
             None if pre_down is None else [pre_down] if isinstance(pre_down, LinkSchedule) else list(pre_down))
         if len(self.ups) != len(self.downs) or (self.pre_downs is not None and len(self.pre_downs) != len(self.downs)):
             raise ValueError("one downlink, uplink (and pre-start downlink) per path")
-        self.down, self.up = self.downs[0], self.ups[0]  # path 0 (the only one on a one-path link)
-        self.pre_down = None if self.pre_downs is None else self.pre_downs[0]
         self.t0: float | None = None if self.pre_downs is not None else time.monotonic()
         self._heap: list[tuple[float, int, int, bytes]] = []
         self._seq = itertools.count()
@@ -508,7 +506,7 @@ class TunLink:
             "since_clock_s": None if since_clock_s is None else round(since_clock_s, 6),
             "uptime_s": round(now - self._created_s, 6),
             "down": down,
-            "up": {k: sum(u.counters()[k] for u in self.ups) for k in self.up.counters()},
+            "up": {k: sum(u.counters()[k] for u in self.ups) for k in self.ups[0].counters()},
             "io": dict(self.io),
             "pending_pkts": len(self._heap),
             "lateness_down": self.late_down.summary(),
