@@ -8,23 +8,41 @@ run of the same scenario (:mod:`analysis.compare`). ``python -m analysis train I
 telemetry models (anomaly detector, RTT forecaster) on telemetry and reports their quality
 (:mod:`analysis.train`).
 
-Bad input — a missing folder or file, a CSV with a missing column or a cell that is not a
-number — ends with exit code 2 and one line naming the file (and column), never a traceback.
+Every command ends through :func:`scenarios.cli_errors.run_cli`. Bad input -- a folder that is
+missing, a file or not a results folder, an ``--out`` that is a file, an option out of range, a CSV
+with a missing column, a cut-off row or a cell that is not a number, run.json of the wrong shape,
+bytes that are not UTF-8 -- ends with exit code 2 and ``error:`` lines naming the file (and column
+or key) or the flag, never a traceback. Exit 1 is kept for our own bugs: one line, and ``--debug``
+(or ``TOKENPACE_DEBUG=1``) shows the traceback.
+
+A run that did not complete (run.json ``status`` ``running`` or ``interrupted``: killed, or stopped
+by Ctrl-C) is analysed for the controllers it lists as ``finished``; one ``warning:`` line per
+problem on stderr names what is missing, the report says the run is incomplete, and the exit
+code is 0. When no controller finished there is nothing to analyse: exit 2, saying so. ``compare``
+works on the controllers both folders finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import stat
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from analysis.results import ResultsFormatError, Run, load_run
+from analysis.results import REQUIRED_FILES, RESULTS_FOLDER_HOLDS, ResultsFormatError, Run, load_run
+from scenarios.cli_errors import EXIT_BAD_INPUT, EXIT_OK, BadInput, run_cli
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["DEFAULT_COMMAND", "SUBCOMMANDS", "build_parser", "main"]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+PROG = "python -m analysis"
 DEFAULT_COMMAND = "report"
 #: a first argument that is none of these is a results folder for the default command.
 SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train")
@@ -39,8 +57,10 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "DIR/report.html and print the comparison table.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
-            exit codes: 0 done; 2 bad input (missing or malformed results files, named on stderr);
-            1 internal error (rerun with --debug for the traceback)."""),
+            A run that did not complete (killed, Ctrl-C) is analysed for the controllers it lists
+            as finished; a warning line on stderr names each one missing.
+            exit codes: 0 done; 2 bad input (missing or malformed results files, named on stderr;
+            or a run in which no controller finished); 1 internal error (rerun with --debug)."""),
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="results folder written by a sim or live run")
     p.add_argument(
@@ -102,7 +122,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis",
+        prog=PROG,
         description="Analyse tokenpace results: per-controller QoE, stall, TTFT, waste and plots.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
@@ -124,21 +144,99 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _draw_plots(run: Run, summary: dict[str, object]) -> list[Path]:
+def _console(stderr: bool = False) -> Console:
+    """A console that prints text as it is: no markup, so a path or a label holding ``[/]`` is shown,
+    not parsed (rich would raise on it). A pipe or a log file gets 200 columns, not 80."""
     from rich.console import Console
+
+    out = Console(stderr=stderr, markup=False)
+    return out if out.is_terminal else Console(stderr=stderr, markup=False, width=200)
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- checking paths
+def _stat(where: str, path: Path) -> os.stat_result | None:
+    """``os.stat`` of a path given on the command line; None when nothing is there."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise BadInput(where, "not found (a part of the path is a file, not a folder)") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(where, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _results_dir(flag: str, path: Path) -> Path:
+    """A results folder given as ``flag`` (DIR, SIM_DIR, LIVE_DIR): there, a folder, and one."""
+    where = f"{flag} {path}"
+    st = _stat(where, path)
+    if st is None:
+        raise BadInput(where, f"no such folder ({RESULTS_FOLDER_HOLDS})")
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(where, f"is a file, not a results folder ({RESULTS_FOLDER_HOLDS})")
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise BadInput(where, f"cannot list the folder: {exc.strerror or exc}") from None
+    has_run_json = any(e.name == "run.json" for e in entries)
+    has_controller = any(e.is_dir() and any((e / f).exists() for f in REQUIRED_FILES) for e in entries)
+    if not has_run_json and not has_controller:
+        raise BadInput(where, f"not a results folder: no run.json and no controller folders ({RESULTS_FOLDER_HOLDS})")
+    return path
+
+
+def _out_dir(flag: str, path: Path | None) -> Path | None:
+    """An output folder: it may not exist yet, but neither it nor a parent may be a file."""
+    if path is None:
+        return None
+    where = f"{flag} {path}"
+    st = _stat(where, path)
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadInput(where, "is a file, not a folder")
+        return path
+    for parent in path.absolute().parents:
+        pst = _stat(where, parent)
+        if pst is None:
+            continue
+        if not stat.S_ISDIR(pst.st_mode):
+            raise BadInput(where, f"cannot be created: {parent} is a file")
+        break
+    return path
+
+
+def _input_path(flag: str, path: Path) -> Path:
+    """train's INPUT: a CSV file or a folder."""
+    where = f"{flag} {path}"
+    st = _stat(where, path)
+    if st is None:
+        raise BadInput(where, "not found (give net_data.csv, a telemetry.csv or a results folder)")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise BadInput(where, "not a regular file or a folder")
+    return path
+
+
+# --------------------------------------------------------------------------- the commands
+def _draw_plots(run: Run, summary: dict[str, object]) -> list[Path]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from analysis.plots import plot_jobs
 
     jobs = plot_jobs(run, run.path / "plots", summary)
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     paths: list[Path] = []
     if len(run.controllers) < PROGRESS_MIN_CONTROLLERS or not err.is_terminal:
         for job in jobs:
             if (p := job.make()) is not None:
                 paths.append(p)
         return paths
-    columns = (TextColumn("plotting {task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("plotting {task.description:<32}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("", total=len(jobs))
         for job in jobs:
@@ -150,63 +248,92 @@ def _draw_plots(run: Run, summary: dict[str, object]) -> list[Path]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from analysis.metrics import format_table, summarize_run
     from analysis.report import write_report
     from analysis.style import controller_style
 
-    run = load_run(args.dir)
+    run = load_run(_results_dir("DIR", args.dir))
+    _warn(run.warnings)
     summary = summarize_run(run)
     plots = [] if args.no_plots else _draw_plots(run, summary)
     report = write_report(run, summary, plots)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)  # a pipe or a log file: do not squeeze the table into 80 columns
+    out = _console()
     labels = {n: controller_style(run, n).label for n in run.controller_names}
     out.print(format_table(summary, controller_labels=labels))
+    if not run.complete:
+        out.print(f"incomplete run: analysed {', '.join(run.controller_names)}; missing {', '.join(run.missing)}",
+                  highlight=False, soft_wrap=True)
     out.print(f"summary: {run.path / 'summary.json'}", highlight=False, soft_wrap=True)
     out.print(f"report: {report}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from analysis.compare import compare_runs, fidelity_tables
 
-    result, path = compare_runs(args.sim_dir, args.live_dir, out_dir=args.out, plots=not args.no_plots)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)
+    sim_dir = _results_dir("SIM_DIR", args.sim_dir)
+    live_dir = _results_dir("LIVE_DIR", args.live_dir)
+    out_dir = _out_dir("--out", args.out)
+    sim, lab = load_run(sim_dir), load_run(live_dir)
+    _warn([*sim.warnings, *lab.warnings])
+    if not (sim.complete and lab.complete) and not set(sim.controller_names) & set(lab.controller_names):
+        raise BadInput(f"LIVE_DIR {lab.path}", "no controller finished in both runs (SIM_DIR finished: "
+                       f"{', '.join(sim.controller_names)}; LIVE_DIR finished: {', '.join(lab.controller_names)})")
+    result, path = compare_runs(sim, lab, out_dir=out_dir, plots=not args.no_plots)
+    out = _console()
     for renderable in fidelity_tables(result):
         out.print(renderable)
-    out_dir = path.parent
+    out_folder = path.parent
     for name in result["plots"].values():
-        out.print(f"plot: {out_dir / name}", highlight=False, soft_wrap=True)
+        out.print(f"plot: {out_folder / name}", highlight=False, soft_wrap=True)
     out.print(f"fidelity: {path}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from rich.console import Console
+#: train's numeric options: flag, attribute, lowest, highest, whether the ends are allowed.
+TRAIN_RANGES: tuple[tuple[str, str, float, float, tuple[bool, bool]], ...] = (
+    ("--contamination", "contamination", 0.0, 0.5, (False, True)),
+    ("--estimators", "estimators", 1, 10_000, (True, True)),
+    ("--max-samples", "max_samples", 2, 10_000_000, (True, True)),
+    ("--holdout", "holdout", 0.0, 1.0, (False, False)),
+    ("--seed", "seed", 0, 2**32 - 1, (True, True)),  # what numpy and scikit-learn take as a seed
+    ("--max-rows", "max_rows", 1, math.inf, (True, True)),
+)
 
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Every out-of-range option at once, each on its own line, named with its flag."""
+    problems: list[tuple[str, str]] = []
+    for flag, attr, low, high, (low_ok, high_ok) in TRAIN_RANGES:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        above = value >= low if low_ok else value > low
+        below = value <= high if high_ok else value < high
+        if not (math.isfinite(value) and above and below):
+            lo, hi = ("[" if low_ok else "("), ("]" if high_ok else ")")
+            span = f"at least {low}" if math.isinf(high) else f"in {lo}{low}, {high}{hi}"
+            problems.append((flag, f"must be {span}, got {value!r}"))
+    if problems:
+        raise BadInput.many(problems)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from analysis.train import format_metrics, options_from_args, train
 
+    _check_train_args(args)
+    _input_path("INPUT", args.input)
+    _out_dir("--out", args.out)
+    options = options_from_args(args)
     try:
-        options = options_from_args(args)
         options.check()
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise BadInput("", str(exc)) from None
     try:
         result = train(args.input, args.out, options, plots=not args.no_plots)
-    except ImportError as exc:  # the ml extra is not installed
-        print(f"error: {exc.name or exc} is not importable: pip install 'tokenpace[ml]'", file=sys.stderr)
-        return EXIT_INTERNAL
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)
+    except ImportError as exc:  # the ml extra is not installed: the user can fix that
+        raise BadInput("", f"{exc.name or exc} is not importable: pip install 'tokenpace[ml]'") from None
+    out = _console()
     out.print(format_metrics(result.metrics))
     for name, path in result.files.items():
         out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
@@ -221,10 +348,9 @@ def _normalise(argv: Sequence[str]) -> list[str]:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+def _main(argv: list[str]) -> int:
     parser = build_parser()
-    args_list = _normalise(sys.argv[1:] if argv is None else argv)
+    args_list = _normalise(argv)
     if not args_list:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
@@ -232,17 +358,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except ResultsFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one line for the user; --debug shows the traceback
-        if getattr(args, "debug", False):
-            raise
-        print(
-            f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # the disk, not the code: a folder not writable, a full disk, a file that vanished
+        where = exc.filename if exc.filename is not None else ""
+        raise BadInput(str(where), f"cannot read or write: {exc.strerror or exc}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 done, 2 bad input, 1 our bug, 130 Ctrl-C).
+
+    It ends through :func:`scenarios.cli_errors.run_cli`: bad input becomes ``error:`` lines naming
+    the file (and column or key) or the flag, and an unexpected error one line that says how to see
+    its traceback (``--debug`` or ``TOKENPACE_DEBUG=1``).
+    """
+    return run_cli(_main, argv, PROG, bad_input=(ResultsFormatError,))

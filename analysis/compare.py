@@ -258,8 +258,8 @@ def plot_trajectories(sim: Run, lab: Run, name: str, out_dir: Path | str) -> Pat
 
 # --------------------------------------------------------------------------- the whole thing
 def compare_runs(
-    sim_dir: Path | str,
-    lab_dir: Path | str,
+    sim_dir: Path | str | Run,
+    lab_dir: Path | str | Run,
     *,
     out_dir: Path | str | None = None,
     plots: bool = True,
@@ -271,7 +271,9 @@ def compare_runs(
     :class:`~analysis.results.ResultsFormatError` naming the file; no controller in common is
     one too. Neither folder's summary.json is touched.
     """
-    sim, lab = load_run(sim_dir), load_run(lab_dir)
+    # a folder, or one the caller already read (the command line does, to print its warnings)
+    sim = sim_dir if isinstance(sim_dir, Run) else load_run(sim_dir)
+    lab = lab_dir if isinstance(lab_dir, Run) else load_run(lab_dir)
     sim_summary = summarize_run(sim, write=False)
     lab_summary = summarize_run(lab, write=False)
     result = compare_summaries(sim_summary, lab_summary)

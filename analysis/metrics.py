@@ -156,7 +156,7 @@ def _stream_value(
         need = "a positive number" if positive else f"a number >= {at_least:g}" if at_least is not None else "a number"
         raise ResultsFormatError(
             streams.path,
-            f"stream {streams['stream_id'][row]!r}: {'empty' if math.isnan(value) else value!r} is not {need}",
+            f"stream {str(streams['stream_id'][row])!r}: {'empty' if math.isnan(value) else value!r} is not {need}",
             column=column,
             line=row + 2,
         )

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from analysis.metrics import TABLE_COLUMNS, format_value, rank_controllers
-from analysis.results import Run
+from analysis.results import STATUS_COMPLETE, STATUS_MEANING, Run
 from analysis.style import PER_CONTROLLER_PREFIXES, controller_style, safe_name
 
-__all__ = ["render_report", "summary_html_table", "write_report"]
+__all__ = ["incomplete_notice", "render_report", "summary_html_table", "write_report"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -39,6 +39,9 @@ figcaption { color: #555; font-size: 0.9em; }
 dl.metrics dt { font-weight: bold; margin-top: 0.4em; }
 dl.metrics dd { margin-left: 1.5em; color: #444; }
 """
+
+# inline, so that the report of a complete run is what it always was
+_NOTICE_STYLE = "background: #fff4e0; border: 1px solid #e0a040; padding: 0.6em 0.8em; max-width: 60em;"
 
 _METRIC_NOTES: tuple[tuple[str, str], ...] = (
     (
@@ -92,10 +95,25 @@ def _info_rows(run: Run) -> str:
         ("QoE SLO", f"{run.slo_qoe:g}"),
         ("controllers", ", ".join(run.controller_names)),
     ]
+    if not run.complete:
+        items.insert(1, ("status", f"{run.status}: incomplete"))
+        items.append(("missing (not analysed)", ", ".join(run.missing) or "none"))
     versions = info.get("versions")
     if isinstance(versions, Mapping) and versions:
         items.append(("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))))
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in items)
+
+
+def incomplete_notice(run: Run) -> str:
+    """One sentence for a run that did not complete: what finished, what is missing, why."""
+    if run.complete:
+        return ""
+    if run.status == STATUS_COMPLETE:
+        why = "run.json lists controllers whose folders are not there"
+    else:
+        why = f"status {run.status}: {STATUS_MEANING.get(run.status, 'unknown')}"
+    return (f"This run is incomplete ({why}). Only the controllers that finished are analysed: "
+            f"{', '.join(run.controller_names) or 'none'}; missing: {', '.join(run.missing) or 'none'}.")
 
 
 def _figure(path: Path, report_dir: Path, caption: str) -> str:
@@ -148,12 +166,14 @@ def render_report(
     own = {n: [f"{pre}{safe_name(n)}.png" for pre in PER_CONTROLLER_PREFIXES] for n in run.controller_names}
     owned = {f for files in own.values() for f in files}
     shared = [p for p in plots if p.name not in owned]
+    notice = incomplete_notice(run)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>tokenpace — {title}</title><style>{_CSS}</style></head><body>",
         f"<h1>tokenpace — {title}</h1>",
         f'<p class="desc">{html.escape(description)}</p>' if description else "",
+        f'<p style="{_NOTICE_STYLE}"><strong>{html.escape(notice)}</strong></p>' if notice else "",
         f'<table class="info">{_info_rows(run)}</table>',
         "<h2>Controllers, best first</h2>",
         summary_html_table(summary, labels, colors),
