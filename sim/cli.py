@@ -1,11 +1,14 @@
 """``python -m sim``: run a scenario with every pacing controller and compare them.
 
-    python -m sim SCENARIO [--out DIR] [--controllers a,b] [--seed N] [--jobs N]
+    python -m sim SCENARIO [--out DIR] [--controllers a,b] [--seed N] [--jobs N] [--resume]
+    python -m sim check SCENARIO [--controllers a,b]   validate everything a run needs, run nothing
     python -m sim schema          print the scenario JSON Schema
     python -m sim list            built-in scenarios and controllers
 
-SCENARIO is a YAML file or the name of a built-in scenario. Bad input exits with code 2 and one
-line naming the file and the key.
+SCENARIO is a YAML file or the name of a built-in scenario. Every command ends through
+:func:`scenarios.cli_errors.run_cli`: bad input exits 2 with one line per problem, each naming the
+file and key or the flag (all problems at once, so one rerun fixes them all); an internal error
+exits 1 with one line and the way to its traceback (``--debug``).
 """
 
 from __future__ import annotations
@@ -13,42 +16,172 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from rich.console import Console
+import yaml
 
 import controllers
-from analysis.metrics import format_table, rank_controllers
-from scenarios import ScenarioError, builtin_scenarios, json_schema
+from scenarios import LoadedScenario, ScenarioError, builtin_scenarios, json_schema, load_scenario
+from scenarios.cli_errors import DEBUG_ENV, BadInput, run_cli
+from scenarios.loader import MAX_INT, find_scenario, key_text
 from scenarios.traces import TraceError
 
-EXIT_BAD_INPUT = 2
+PROG = "python -m sim"
+EPILOG = (
+    "Other commands: `python -m sim check SCENARIO` validates a scenario (and --controllers) without running it; "
+    "`python -m sim schema` prints the scenario JSON Schema; `python -m sim list` lists built-in scenarios and "
+    "controllers. Plots and a report: `python -m analysis DIR`. Bad input exits 2 with one line per problem; "
+    f"an internal error exits 1 with one line: add --debug anywhere (or set {DEBUG_ENV}=1) for its traceback."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sim",
+        prog=PROG,
         description="Simulate a serving node streaming tokens over TCP to readers, once per pacing controller, "
         "with common random numbers, and compare how well each keeps readers fed and how much GPU work it wastes.",
-        epilog="Other commands: `python -m sim schema` prints the scenario JSON Schema; `python -m sim list` lists "
-        "built-in scenarios and controllers. Plots and a report: `python -m analysis DIR`.",
+        epilog=EPILOG,
     )
     p.add_argument("scenario", help="scenario YAML file, or a built-in scenario name (see `python -m sim list`)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: results/<scenario name>)")
-    p.add_argument("--controllers", default=None,
-                   help="comma-separated controller names (default: the scenario's `controllers`)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's `seed`)")
-    p.add_argument("--jobs", type=int, default=1, help="controllers simulated in parallel processes (default 1)")
+    _controllers_flag(p)
+    # seed and jobs are checked by _seed/_jobs, so a bad value is named like every other problem
+    p.add_argument("--seed", default=None, help="random seed, 0 <= N < 2**63 (default: the scenario's `seed`)")
+    p.add_argument("--jobs", default="1", help="controllers simulated in parallel processes (default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip controllers whose results a previous interrupted run of the same scenario and seed "
+                   "already finished; see run.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
 
 
-def _list(console: Console) -> None:
+def _controllers_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controllers", default=None,
+                   help="comma-separated controller names (default: the scenario's `controllers`)")
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} check", epilog=EPILOG, description=(
+        "Check a scenario as a run would (the file, its traces and request CSV, the controllers and their "
+        "parameters) and print `ok`, without simulating anything."))
+    p.add_argument("scenario", help="scenario YAML file, or a built-in scenario name")
+    _controllers_flag(p)
+    return p
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    shown = text if text and text.strip() == text and text.isprintable() else repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _int_flag(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:  # not an integer, or more digits than Python converts
+        return None
+
+
+def _seed_problem(text: str | None) -> str | None:
+    """numpy's generators take seeds in [0, 2**63) here (``default_rng([seed, k])``)."""
+    if text is None:
+        return None
+    seed = _int_flag(text)
+    if seed is None or seed < 0:
+        return f"must be a non-negative integer (got {_shown(text)})"
+    if seed > MAX_INT:
+        return f"must be below 2**63 (got {_shown(text)})"
+    return None
+
+
+def _jobs_problem(text: str) -> str | None:
+    jobs = _int_flag(text)
+    return None if jobs is not None and jobs >= 1 else f"must be a positive integer (got {_shown(text)})"
+
+
+def _controller_names(text: str | None) -> tuple[list[str] | None, list[tuple[str, str]]]:
+    """The names ``--controllers`` gives (None: the scenario's), and a problem per unknown name."""
+    if text is None:
+        return None, []
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    known = ", ".join(sorted(controllers.REGISTRY))
+    if not names:
+        return None, [("--controllers", f"no controller named (got {_shown(text)}); known: {known}")]
+    unknown = [n for n in names if n not in controllers.REGISTRY]
+    problems = [("--controllers", f"unknown controller {n!r}") for n in unknown]
+    if problems:
+        problems[-1] = ("--controllers", f"{problems[-1][1]}; known: {known}")
+    return names, problems
+
+
+def _controller_problems(loaded: LoadedScenario, file: Path, names: list[str] | None) -> list[tuple[str, str]]:
+    """The scenario's own controllers (when --controllers does not choose): known, with valid parameters."""
+    scn = loaded.scenario
+    chosen = names if names is not None else list(scn.controllers)
+    problems: list[tuple[str, str]] = []
+    if not chosen:
+        problems.append(("controllers", "no controllers listed (name some here or with --controllers)"))
+    for name in chosen:
+        if name not in controllers.REGISTRY:
+            if names is None:
+                problems.append((f"controllers.{key_text(name)}", str(controllers.UnknownController(name))))
+            continue
+        for key, msg in controllers.validate_params(name, scn.controllers.get(name, {})):
+            problems.append((f"controllers.{name}.{key_text(key)}", msg))
+    return [(f"{file}: {key}", msg) for key, msg in problems]
+
+
+def _out_problems(out: Path, flag: bool, create: bool) -> list[tuple[str, str]]:
+    """The results folder: not a file, creatable, writable. ``create`` makes it (a run would anyway)."""
+    where = "--out" if flag else f"{out} (the default results folder; choose another with --out)"
+    try:
+        if out.exists() and not out.is_dir():
+            return [(where, f"{out} is a file, not a folder")]
+        if not create:
+            return []
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [(where, f"cannot create folder {out}: {exc.strerror or exc}")]
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return [(where, f"cannot write in {out}: {exc.strerror or exc}")]
+    return []
+
+
+def _load(scenario: str, names: list[str] | None, problems: list[tuple[str, str]]) -> LoadedScenario | None:
+    """Load and check the scenario and the controllers, adding every problem found to ``problems``."""
+    try:
+        loaded = load_scenario(scenario)
+    except ScenarioError as exc:
+        problems.extend(exc.problems)
+        return None
+    problems.extend(_controller_problems(loaded, find_scenario(scenario), names))
+    return loaded
+
+
+def _check(argv: list[str]) -> int:
+    args = _check_parser().parse_args(argv)
+    names, problems = _controller_names(args.controllers)
+    loaded = _load(args.scenario, names, problems)
+    if problems:
+        raise BadInput.many(problems)
+    assert loaded is not None
+    scn = loaded.scenario
+    chosen = names if names is not None else list(scn.controllers)
+    print(f"ok: {find_scenario(args.scenario)} (scenario {scn.name!r}: {scn.workload.streams} streams, "
+          f"{len(scn.paths)} path(s), {len(scn.faults)} fault(s); controllers {', '.join(chosen)})")
+    return 0
+
+
+def _list() -> None:
+    from rich.console import Console
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print("[bold]Built-in scenarios[/bold] (python -m sim NAME):")
     for name, path in builtin_scenarios().items():
-        import yaml
-
-        desc = (yaml.safe_load(path.read_text()) or {}).get("description", "").strip().splitlines()
+        desc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "").strip().splitlines()
         console.print(f"  {name:<24} {desc[0] if desc else ''}")
     console.print("[bold]Controllers[/bold] (--controllers a,b):")
     for name, info in sorted(controllers.REGISTRY.items()):
@@ -56,25 +189,31 @@ def _list(console: Console) -> None:
         console.print(f"  {name:<12} {doc[0] if doc else info.label}{'  (sim only)' if info.sim_only else ''}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-    if argv[:1] == ["schema"]:
-        print(json.dumps(json_schema(), indent=2))
-        return 0
-    if argv[:1] == ["list"]:
-        _list(console)
-        return 0
+def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    problems = _out_problems(args.out, flag=True, create=False) if args.out is not None else []
+    names, named = _controller_names(args.controllers)
+    problems += named
+    for flag, problem in (("--seed", _seed_problem(args.seed)), ("--jobs", _jobs_problem(args.jobs))):
+        if problem is not None:
+            problems.append((flag, problem))
+    loaded = _load(args.scenario, names, problems)
+    if not problems and loaded is not None:  # everything else is right: make the folder the run needs
+        out = args.out if args.out is not None else Path("results") / loaded.scenario.name
+        problems.extend(_out_problems(out, flag=args.out is not None, create=True))
+    if problems:
+        raise BadInput.many(problems)
+
+    from rich.console import Console
+
+    from analysis.metrics import format_table, rank_controllers
     from sim.runner import make_plan, run_plan
 
-    names = [n.strip() for n in args.controllers.split(",") if n.strip()] if args.controllers else None
-    try:
-        plan = make_plan(args.scenario, args.out, names, args.seed)
-    except (ScenarioError, TraceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)  # one plain line: no wrapping, no markup
-        return EXIT_BAD_INPUT
-    summary, stats = run_plan(plan, jobs=args.jobs, show_progress=not args.quiet and sys.stderr.isatty())
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    seed = None if args.seed is None else int(args.seed)
+    plan = make_plan(args.scenario, args.out, names, seed)
+    summary, stats = run_plan(plan, jobs=int(args.jobs), show_progress=not args.quiet and sys.stderr.isatty(),
+                              resume=args.resume)
     if not args.quiet:
         console.print(format_table(summary))
         ranking = rank_controllers(summary)
@@ -85,3 +224,24 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{sim_s:.0f} simulated s in {wall_s:.1f} s of CPU; results in {plan.out}/ "
                       f"(plots: python -m analysis {plan.out})", highlight=False)
     return 0
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["schema"]:
+        argparse.ArgumentParser(prog=f"{PROG} schema", description="Print the scenario JSON Schema.",
+                                epilog=EPILOG).parse_args(argv[1:])
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if argv[:1] == ["list"]:
+        argparse.ArgumentParser(prog=f"{PROG} list", description="List built-in scenarios and controllers.",
+                                epilog=EPILOG).parse_args(argv[1:])
+        _list()
+        return 0
+    if argv[:1] == ["check"]:
+        return _check(argv[1:])
+    return _run(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every ``python -m sim`` command, through :func:`run_cli`: never a traceback without ``--debug``."""
+    return run_cli(_main, argv, PROG, bad_input=(TraceError,))

@@ -3,14 +3,26 @@
 Implements the node's log (server.csv, events.csv, memory_events.csv) and takes telemetry,
 link samples and finished streams (tokens.csv, streams.csv). Analysis reads these files and
 nothing else.
+
+Also the run's honesty about itself: run.json's ``status`` (``running`` from the start, so a killed
+run keeps it; ``interrupted`` after Ctrl-C or SIGTERM; ``complete`` once every controller finished
+and summary.json is written) and ``finished`` (the controllers whose files are complete, flushed and
+closed), rewritten atomically as each controller ends -- shared by ``python -m sim``, ``python -m
+live --record`` and the lab, so nothing here imports SimPy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +37,7 @@ from analysis.results import (
     TELEMETRY_COLUMNS,
     TOKENS_COLUMNS,
     CsvRecorder,
+    to_jsonable,
 )
 from controllers import Observation
 
@@ -178,3 +191,115 @@ class Recorder:
                 f.write((q.req_id, round(q.arrival_s, 6), q.prompt_tokens, q.output_tokens, _t(done), _t(first),
                          None if first is None else round(first - q.arrival_s, 6), round(q.exec_s, 6), q.swap_count,
                          None if done is None else round(done - q.arrival_s, 6)))
+
+
+# --------------------------------------------------------------------------- run.json: complete or not
+RUN_JSON = "run.json"
+RUNNING, INTERRUPTED, COMPLETE = "running", "interrupted", "complete"
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def write_json_durably(path: Path | str, obj: Any) -> Path:
+    """Write ``obj`` as JSON with the bytes :func:`analysis.results.write_json` gives, so that a kill at
+    any moment leaves either the old file or the new one: a temporary file in the same folder, fsync'd,
+    renamed over the old one, then the folder fsync'd (the rename itself survives a crash).
+
+    Ctrl-C and SIGTERM are held off while it writes (they arrive right after), so a stop request
+    cannot cut off the very write that records it.
+    """
+    path = Path(path)
+    text = json.dumps(to_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # some filesystems refuse to open a folder for fsync
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return path
+
+
+def read_run_json(run_dir: Path | str) -> dict[str, Any] | None:
+    """DIR/run.json as a dict; None when there is none or it is not a JSON object."""
+    try:
+        info = json.loads((Path(run_dir) / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def name_list(value: Any) -> list[str]:
+    """The controller names of a run.json list (``controllers``, ``finished``); anything else gives none."""
+    return [n for n in value if isinstance(n, str)] if isinstance(value, list) else []
+
+
+def in_order(names: Iterable[str], done: Iterable[str]) -> list[str]:
+    """``done`` in the order of ``names`` (the plan's), then any others in the order given: ``finished``
+    does not depend on which controller happened to end first."""
+    done = list(dict.fromkeys(done))
+    listed = list(names)
+    return [n for n in listed if n in done] + [n for n in done if n not in listed]
+
+
+def update_run_json(run_dir: Path | str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Rewrite DIR/run.json with ``changes`` applied (keys set, every other key kept), durably."""
+    info = read_run_json(run_dir) or {}
+    info.update(changes)
+    write_json_durably(Path(run_dir) / RUN_JSON, info)
+    return info
+
+
+def mark_finished(run_dir: Path | str, name: str, order: Iterable[str] | None = None) -> dict[str, Any]:
+    """Add ``name`` to run.json's ``finished`` (kept in ``order``, default run.json's ``controllers``).
+
+    Call it only once the controller's files are flushed and closed."""
+    info = read_run_json(run_dir) or {}
+    listed = list(order) if order is not None else name_list(info.get("controllers"))
+    done = name_list(info.get("finished"))
+    return update_run_json(run_dir, {"finished": in_order(listed, [*done, name])})
+
+
+def fsync_files(folder: Path | str) -> None:
+    """fsync every regular file directly in ``folder``: what run.json calls finished is on disk first."""
+    for p in Path(folder).iterdir():
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While inside, SIGTERM does what Ctrl-C does: whatever SIGINT's handler is at that moment (the
+    default raises KeyboardInterrupt; inside ``asyncio.run`` it cancels the main task), else raises
+    KeyboardInterrupt. So ``kill PID`` leaves the same honest folder as Ctrl-C. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not on_term:
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job) or not ours to call: stop anyway
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
