@@ -10,49 +10,145 @@
 
 The server binds 127.0.0.1 unless --host says otherwise. Faults are played on IFACE's egress
 (netem where the kernel has it, tbf + nftables otherwise) and always removed on exit.
+
+Every command runs in two steps: :func:`validate` checks the whole command line -- every problem
+named by its flag, or by file and key, exit 2 -- without starting, creating or shaping anything;
+only then does the :class:`Plan` start. What the machine lacks (root, bcc, tc, ...) is found next,
+before anything is created, and said with its fix (exit 2 too). It all ends through
+:func:`scenarios.cli_errors.run_cli`: never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import math
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-EXIT_BAD_INPUT = 2
+from live.argcheck import Problems, environment_problems
+from scenarios.cli_errors import BadInput, run_cli
+
+__all__ = ["Plan", "launch", "main", "parse_fault_spec", "validate"]
+
+PROG = "python -m live"
 SUBCOMMANDS = ("doctor", "cleanup", "client", "lab", "dashboard")
+MAX_TIME_LIMIT_S = 86_400.0  # the client's --time-limit: a day (asyncio timers overflow far beyond)
+FAULT_TAGS = ("delay", "loss", "gilbert_elliott", "rate", "outage")  # pydantic's union tags in error locations
+CONFIG_FLAGS = {"host": "--host", "port": "--port", "controller": "--controller", "record_dir": "--record",
+                "duration_s": "--duration", "upstream": "--upstream", "iface": "--iface"}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A command line that passed :func:`validate`: which command, its checked configuration, and
+    the function that starts it (``run(config)``, called by :meth:`start`)."""
+
+    command: str
+    config: Any
+    run: Callable[[Any], int] = field(repr=False)
+
+    def start(self) -> int:
+        return self.run(self.config)
+
+
+def launch(plan: Plan) -> int:
+    """The real start (``main``'s default): serve, load, run the lab, ..."""
+    return plan.start()
+
+
+def main(argv: Sequence[str] | None = None, *, start: Callable[[Plan], int] = launch) -> int:
+    """``python -m live ...``: validate the whole command line, then ``start`` the plan.
+
+    ``start`` is the real :func:`launch` unless a caller injects another (the CLI tests record the
+    validated plan instead of serving)."""
+    return run_cli(lambda args: start(validate(args)), argv, PROG)
+
+
+def validate(argv: Sequence[str]) -> Plan:
+    """The checked plan of a command line, or a BadInput (argparse usage errors: SystemExit 2)."""
+    argv = list(argv)
+    command = argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else "serve"
+    rest = argv[1:] if command != "serve" else argv
+    if command == "doctor":
+        from live import doctor
+
+        doctor.parser().parse_args(rest)
+        return Plan("doctor", rest, doctor.main)
+    if command == "cleanup":
+        return Plan("cleanup", _validate_cleanup(rest), _start_cleanup)
+    if command == "client":
+        return Plan("client", _validate_client(rest), _start_client)
+    if command == "lab":
+        from live import lab
+
+        return Plan("lab", lab.validate(rest), lab.run)
+    if command == "dashboard":
+        from live import dashboard
+
+        return Plan("dashboard", dashboard.validate(rest), dashboard.run)
+    return Plan("serve", _validate_serve(rest), _start_serve)
+
+
+# --------------------------------------------------------------------------- faults
 def parse_fault_spec(spec: str) -> dict[str, Any]:
-    """``kind=loss,p=0.05,at_s=10,duration_s=20`` -> a validated fault (the scenario schema's)."""
+    """``kind=loss,p=0.05,at_s=10,duration_s=20`` -> a validated fault (the scenario schema's).
+
+    Raises :class:`BadInput` (a ValueError) naming every problem of the spec, each on its own line."""
     from scenarios.schema import Fault
 
+    where = f"--fault {spec!r}"
+    problems: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
     for part in spec.split(","):
         if "=" not in part:
-            raise ValueError(f"--fault {spec!r}: expected key=value pairs, got {part!r}")
+            problems.append((where, f"expected key=value pairs, got {part!r}"))
+            continue
         key, value = (s.strip() for s in part.split("=", 1))
+        if key in fields:
+            problems.append((where, f"{key} given twice"))
+        if key not in ("kind", "path") and not _finite_or_not_a_number(value):
+            problems.append((where, f"{key}: must be a finite number, got {value!r}"))
         fields[key] = value
+    if "kind" not in fields:
+        problems.append((where, f"kind: missing (one of {', '.join(FAULT_TAGS)})"))
+    elif not problems:
+        try:
+            fault = TypeAdapter(Fault).validate_python(fields)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(x) for x in err["loc"] if x not in FAULT_TAGS)
+                problems.append((where, f"{loc + ': ' if loc else ''}{err['msg']}"))
+        else:
+            return fault.model_dump()
+    raise BadInput.many(problems)
+
+
+def _finite_or_not_a_number(text: str) -> bool:
+    """False only for text that parses as a float but is nan or +-inf (pydantic takes those)."""
     try:
-        fault = TypeAdapter(Fault).validate_python(fields)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if x not in ("delay", "loss", "gilbert_elliott", "rate", "outage"))
-        raise ValueError(f"--fault {spec!r}: {loc + ': ' if loc else ''}{err['msg']}") from None
-    return fault.model_dump()
+        return math.isfinite(float(text))
+    except ValueError:
+        return True  # not a number at all: the schema says what it should be
 
 
+# --------------------------------------------------------------------------- the server
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m live",
+        prog=PROG,
         description="Serve an OpenAI-compatible streaming API whose streams are paced per connection by a "
         "tokenpace controller fed by eBPF TCP telemetry, optionally with faults on an interface.",
         epilog="Other commands: `python -m live doctor`, `python -m live cleanup --iface X`, "
-        "`python -m live client URL --streams N`. Plots of a recording: `python -m analysis DIR`.",
+        "`python -m live client URL --streams N`, `python -m live lab SCENARIO --out DIR`, "
+        "`python -m live dashboard --record DIR`. Plots of a recording: `python -m analysis DIR`. "
+        "--debug (or TOKENPACE_DEBUG=1) shows the traceback of an internal error.",
     )
     p.add_argument("--iface", required=True, help="interface the clients are reached through (faults go here)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -71,77 +167,199 @@ def _serve_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve(argv: list[str]) -> int:
-    args = _serve_parser().parse_args(argv)
-    from scenarios import ScenarioError, load_scenario
+@dataclass(frozen=True)
+class ServeConfig:
+    config: Any  # live.server.LiveConfig
+    iface: str
+    faults: list[Any]
+    base: Any  # the scenario path's PathSpec played under the faults, or None
+    telemetry: bool
 
-    try:
-        faults: list[Any] = [parse_fault_spec(s) for s in args.fault]
-        loaded = load_scenario(args.scenario) if args.scenario else None
-    except (ValueError, ScenarioError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from live.server import LiveConfig, serve
+    @property
+    def shapes(self) -> bool:
+        return bool(self.faults) or self.base is not None
+
+
+def _validate_serve(argv: list[str]) -> ServeConfig:
+    args = _serve_parser().parse_args(argv)
+    problems = Problems()
+    problems.iface("--iface", args.iface)
+    if problems.port("--port", args.port):
+        problems.listen("--host", args.host, "--port", args.port)
+    problems.positive_s("--duration", args.duration)
+    controller_ok = problems.controller("--controller", args.controller)
+    faults: list[Any] = []
+    for spec in args.fault:
+        try:
+            faults.append(parse_fault_spec(spec))
+        except BadInput as exc:
+            problems.extend(exc.problems)
+    if args.record is not None:
+        problems.output_dir("--record", args.record)
+    if args.upstream is not None:
+        problems.http_url("--upstream", args.upstream)
+    if args.path is not None and args.scenario is None:
+        problems.add("--path", "needs --scenario (it names which of the scenario's paths IFACE plays)")
+    loaded = problems.scenario("--scenario", args.scenario) if args.scenario is not None else None
+    base = None
+    if loaded is not None:
+        scn = loaded.scenario
+        path = args.path or next(iter(scn.paths))
+        if path in scn.paths:
+            faults = [] if args.no_faults else list(scn.faults_for(path))
+            base = scn.paths[path]
+        else:
+            problems.add("--path", f"{path!r} is not one of the scenario's paths ({', '.join(scn.paths)})")
+    config = None
+    if controller_ok and (args.scenario is None or loaded is not None):
+        config, config_problems = _live_config(args, loaded)
+        problems.extend(config_problems)
+    problems.raise_if_any()
+    return ServeConfig(config, args.iface, faults, base, telemetry=not args.no_telemetry)
+
+
+def _live_config(args: argparse.Namespace, loaded: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """The server's LiveConfig, or the problems pydantic found that the flag checks did not."""
+    from live.server import LiveConfig
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port, "record_dir": args.record,
                                  "duration_s": args.duration, "upstream": args.upstream, "iface": args.iface,
                                  "fault": ";".join(args.fault) or None}
     try:
         if loaded is not None:
-            config = LiveConfig.from_scenario(loaded, args.controller, **overrides)
-        else:
-            config = LiveConfig(controller=args.controller, **overrides)
+            return LiveConfig.from_scenario(loaded, args.controller, **overrides), []
+        return LiveConfig(controller=args.controller, **overrides), []
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        print(f"error: {key + ': ' if key else ''}{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    base = None
-    if loaded is not None:
-        scn = loaded.scenario
-        path = args.path or next(iter(scn.paths))
-        if path not in scn.paths:
-            print(f"error: {loaded.path}: --path {path!r} is not one of {', '.join(scn.paths)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        faults = [] if args.no_faults else list(scn.faults_for(path))
-        base = scn.paths[path]
+        found = []
+        for err in exc.errors():
+            loc = [str(x) for x in err["loc"]]
+            if loc and loc[0] in CONFIG_FLAGS:
+                continue  # checked (and named) by the flag checks already
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if loaded is not None and msg.startswith("controller_params."):  # the scenario's controllers: block
+                key = msg.removeprefix("controller_params.")
+                found.append((str(loaded.path), f"controllers.{args.controller}.{key}"))
+            elif loaded is not None:  # a value the server takes from the scenario
+                found.append((str(loaded.path), f"{'.'.join(loc) + ': ' if loc else ''}{msg}"))
+            else:
+                found.append(("--controller" if not loc else ".".join(loc), msg))
+        return None, found  # empty: every error was a flag's, already named
+
+
+def _start_serve(cfg: ServeConfig) -> int:
+    config = cfg.config
+    missing = environment_problems(root=cfg.shapes or cfg.telemetry, telemetry=cfg.telemetry,
+                                   tools=("tc", "ip") if cfg.shapes else (),
+                                   telemetry_hint=", or pass --no-telemetry")
+    if missing:
+        raise BadInput.many(missing)
     telemetry = None
-    if not args.no_telemetry:
+    if cfg.telemetry:
         from live.telemetry import BccTelemetry
 
         def telemetry(port: int) -> BccTelemetry:
-            return BccTelemetry(ports=[port], interval_s=config.control_interval_s)
+            tel = BccTelemetry(ports=[port], interval_s=config.control_interval_s)
+            try:
+                tel.start()  # here, so that a probe that does not load is said as such
+            except Exception as exc:  # bcc compile/attach errors come in many types
+                tel.close()
+                lines = str(exc).strip().splitlines()
+                raise BadInput("", f"the eBPF telemetry did not load ({lines[-1] if lines else type(exc).__name__}): "
+                               "run `python -m live doctor`, or pass --no-telemetry") from exc
+            return tel
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
-    from live.faults import FaultPlayer
+    from live.faults import FaultPlayer, UnsupportedFault
+    from live.server import serve
+    from sim.record import sigterm_as_ctrl_c
 
-    player = FaultPlayer(args.iface, faults, base=base) if (faults or base is not None) else nullcontext()
     try:
-        with player:
+        with sigterm_as_ctrl_c(), ExitStack() as stack:  # SIGTERM stops it as Ctrl-C does: files closed
+            if cfg.shapes:
+                try:
+                    stack.enter_context(FaultPlayer(cfg.iface, cfg.faults, base=cfg.base))
+                except (RuntimeError, OSError, UnsupportedFault) as exc:
+                    raise BadInput("--iface", f"cannot shape {cfg.iface}: {exc}") from exc
             asyncio.run(serve(config, telemetry))
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
-    if args.record:
-        print(f"recorded to {args.record}/ (plots: python -m analysis {args.record})")
+        if config.record_dir is not None:
+            from live.recorder import mark_interrupted
+
+            mark_interrupted(config.record_dir)  # run.json: status interrupted (the files are closed)
+    except OSError as exc:
+        raise _listen_error(exc, config) from exc
+    if config.record_dir is not None:
+        print(f"recorded to {config.record_dir}/ (plots: python -m analysis {config.record_dir})")
     return 0
 
 
-def _cleanup(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m live cleanup",
+def _listen_error(exc: OSError, config: Any) -> BaseException:
+    """An OSError out of the server: said with its flag when it is the listening socket's or the
+    recording folder's; anything else stays an internal error."""
+    if exc.errno == errno.EADDRINUSE:
+        return BadInput("--port", f"{config.port} is in use")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return BadInput("--host", f"{config.host} is not an address of this machine")
+    filename = getattr(exc, "filename", None)
+    if config.record_dir is not None and filename and str(filename).startswith(str(config.record_dir)):
+        return BadInput("--record", f"{filename}: {exc.strerror or exc}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return BadInput("", f"permission denied ({exc}): run as root or with sudo")
+    return exc
+
+
+# --------------------------------------------------------------------------- cleanup
+@dataclass(frozen=True)
+class CleanupConfig:
+    iface: str
+    netns: str | None
+
+
+def _validate_cleanup(argv: list[str]) -> CleanupConfig:
+    p = argparse.ArgumentParser(prog=f"{PROG} cleanup",
                                 description="Remove the qdiscs and nftables rules tokenpace created on an interface "
                                 "(after a killed run). Nothing else is touched.")
     p.add_argument("--iface", required=True)
     p.add_argument("--netns", help="the interface lives in this network namespace")
     args = p.parse_args(argv)
+    problems = Problems()
+    if args.netns is None:
+        problems.iface("--iface", args.iface)
+    elif not args.netns or "/" in args.netns or "\x00" in args.netns or args.netns in (".", "..") \
+            or not Path("/run/netns", args.netns).exists():
+        problems.add("--netns", f"no such network namespace {args.netns!r} (see `ip netns list`)")
+    elif not _iface_in_netns(args.iface, args.netns):
+        problems.add("--iface", f"no such interface {args.iface!r} in network namespace {args.netns}")
+    problems.raise_if_any()
+    return CleanupConfig(args.iface, args.netns)
+
+
+def _iface_in_netns(iface: str, netns: str) -> bool:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["ip", "-n", netns, "link", "show", "dev", iface], capture_output=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell here; cleanup itself will say
+    return proc.returncode == 0
+
+
+def _start_cleanup(cfg: CleanupConfig) -> int:
+    missing = environment_problems(root=True, tools=("tc", "ip"))
+    if missing:
+        raise BadInput.many(missing)
     from live.faults import cleanup_main
 
-    return cleanup_main(args.iface, args.netns)
+    return cleanup_main(cfg.iface, cfg.netns)
 
 
-def _client(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m live client",
+# --------------------------------------------------------------------------- the load client
+def _client_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} client",
                                 description="Open streaming requests against URL with the scenario's arrivals and "
                                 "readers (pace, patience); record per-token arrival and display times.")
     p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
@@ -157,25 +375,53 @@ def _client(argv: list[str]) -> int:
     p.add_argument("--bind", action="append", default=[], metavar="PATH=ADDR",
                    help="requests the scenario puts on PATH connect from local address ADDR (repeatable; the "
                    "lab gives each path its own client address)")
-    args = p.parse_args(argv)
-    from scenarios import ScenarioError, load_scenario
+    return p
 
-    try:
-        loaded = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str
+    streams: int | None
+    loaded: Any
+    out: Path | None
+    seed: int | None
+    time_limit_s: float | None
+    endpoint: str
+    sync_stdin: bool
+    bind: dict[str, str]
+
+
+def _validate_client(argv: list[str]) -> ClientConfig:
+    args = _client_parser().parse_args(argv)
+    problems = Problems()
+    problems.http_url("URL", args.url)
+    problems.at_least("--streams", args.streams, 1)
+    problems.at_least("--seed", args.seed, 0)
+    problems.positive_s("--time-limit", args.time_limit)
+    if args.time_limit is not None and MAX_TIME_LIMIT_S < args.time_limit < math.inf:
+        problems.add("--time-limit", f"at most {MAX_TIME_LIMIT_S:g} s, got {args.time_limit:g}")
+    if args.out is not None:
+        problems.output_dir("--out", args.out)
+    loaded = problems.scenario("--scenario", args.scenario)
     bind: dict[str, str] = {}
     for item in args.bind:
         name, sep, addr = item.partition("=")
-        if not sep or not addr or name not in loaded.scenario.paths:
-            print(f"error: --bind {item!r}: expected PATH=ADDR with PATH one of "
-                  f"{', '.join(loaded.scenario.paths)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        if not sep or not name or not addr:
+            problems.add("--bind", f"{item!r}: expected PATH=ADDR")
+            continue
+        if name in bind:
+            problems.add("--bind", f"{item!r}: path {name!r} given twice")
+        if loaded is not None and name not in loaded.scenario.paths:
+            problems.add("--bind", f"{item!r}: {name!r} is not one of the scenario's paths "
+                         f"({', '.join(loaded.scenario.paths)})")
+        problems.local_address("--bind", addr)
         bind[name] = addr
-    if args.streams is not None and args.streams < 1:
-        print("error: --streams must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    problems.raise_if_any()
+    return ClientConfig(args.url, args.streams, loaded, args.out, args.seed, args.time_limit, args.endpoint,
+                        args.sync_stdin, bind)
+
+
+def _start_client(cfg: ClientConfig) -> int:
     from live.client import run_load
     from live.lab import parse_epoch_line
 
@@ -184,32 +430,15 @@ def _client(argv: list[str]) -> int:
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         t0 = parse_epoch_line(line)
         if t0 is None:
-            raise ValueError(f"--sync-stdin: expected `T0 <monotonic>`, got {line.strip()!r}")
+            raise BadInput("--sync-stdin", f"expected a line `T0 <monotonic>` on stdin, got {line.strip()!r}")
         return t0
 
-    result = asyncio.run(run_load(args.url, args.streams, loaded, args.out, seed=args.seed,
-                                  time_limit_s=args.time_limit, endpoint=args.endpoint,
-                                  start_at=t0_from_stdin if args.sync_stdin else None, bind=bind or None))
+    result = asyncio.run(run_load(cfg.url, cfg.streams, cfg.loaded, cfg.out, seed=cfg.seed,
+                                  time_limit_s=cfg.time_limit_s, endpoint=cfg.endpoint,
+                                  start_at=t0_from_stdin if cfg.sync_stdin else None, bind=cfg.bind or None))
     print(result.summary())
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["doctor"]:
-        from live.doctor import main as doctor_main
-
-        return doctor_main(argv[1:])
-    if argv[:1] == ["cleanup"]:
-        return _cleanup(argv[1:])
-    if argv[:1] == ["client"]:
-        return _client(argv[1:])
-    if argv[:1] == ["lab"]:
-        from live.lab import main as lab_main
-
-        return lab_main(argv[1:])
-    if argv[:1] == ["dashboard"]:
-        from live.dashboard import main as dashboard_main
-
-        return dashboard_main(argv[1:])
-    return _serve(argv)
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,12 +37,19 @@ import aiohttp
 
 from live.recorder import ClientRecorder, boot_id, merge_live_run, write_run_json
 from live.sse import event_data, is_token_event, split_sse
+from scenarios.cli_errors import BadInput
 from sim.client import ABANDONED, CANCELLED, COMPLETED, READING, Reader
 from sim.workload import Request, draw_requests
 
-__all__ = ["LoadResult", "StreamResult", "run_load"]
+__all__ = ["LoadError", "LoadResult", "StreamResult", "run_load"]
 
 log = logging.getLogger("tokenpace.live")
+HEALTHZ_TIMEOUT_S = 30.0  # the server's first answer; the streams themselves have no total timeout
+
+
+class LoadError(BadInput):
+    """The load cannot start for a reason the user can fix (no tokenpace server at the URL, or one on
+    another kernel where ``start_at`` needs this one); ``where`` is the URL."""
 
 
 # --------------------------------------------------------------------------- the reader on asyncio
@@ -146,9 +153,15 @@ def _load_scenario(scenario: Any) -> tuple[Any, Path, dict[str, Any]]:
 async def _server_clock(session: aiohttp.ClientSession, base: str) -> tuple[dict[str, Any], float]:
     """The server's /healthz and the offset to add to our time.monotonic() to get server time - t0."""
     t_send = time.monotonic()
-    async with session.get(base + "/healthz") as r:
-        r.raise_for_status()
-        health = await r.json()
+    try:
+        async with session.get(base + "/healthz", timeout=aiohttp.ClientTimeout(total=HEALTHZ_TIMEOUT_S)) as r:
+            r.raise_for_status()
+            health = await r.json()
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # OSError covers TimeoutError
+        raise LoadError(base, f"no tokenpace server answers /healthz ({type(exc).__name__}: "
+                        f"{str(exc) or 'no answer'})") from None
+    if not isinstance(health, dict):
+        raise LoadError(base, "/healthz did not answer a JSON object: not a tokenpace server")
     t_recv = time.monotonic()
     t0 = float(health.get("t0_monotonic", t_send))
     if health.get("boot_id") == boot_id():
@@ -217,7 +230,8 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
         epoch: float | None = None
         if start_at is not None:
             if health.get("boot_id") != boot_id():
-                raise ValueError("start_at needs the server on this machine's kernel (one CLOCK_MONOTONIC)")
+                raise LoadError(url, "the server runs on another kernel, and a shared time 0 (start_at, "
+                                "--sync-stdin) needs the server on this machine (one CLOCK_MONOTONIC)")
             epoch = await start_at()
             offset = -epoch
         name = controller or str(health.get("controller") or "live")

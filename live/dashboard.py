@@ -15,13 +15,13 @@ import argparse
 import ctypes
 import ctypes.util
 import importlib.util
+import math
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
 
-EXIT_BAD_INPUT = 2
 APP = Path(__file__).with_name("dashboard_app.py")
 PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -44,23 +44,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> str | None:
-    """What is wrong with the arguments, as one line (None = nothing)."""
-    if not args.record.exists():
-        return f"--record {args.record}: no such directory"
-    if not args.record.is_dir():
-        return f"--record {args.record}: not a directory"
-    if not 0 < args.port < 65536:
-        return f"--port {args.port}: not a TCP port"
-    if args.metrics_url and not args.metrics_url.startswith(("http://", "https://")):
-        return f"--metrics-url {args.metrics_url}: expected an http:// URL"
-    if args.window <= 0:
-        return f"--window {args.window:g}: must be positive"
-    if args.refresh < 0.2:
-        return f"--refresh {args.refresh:g}: at least 0.2 s"
+def check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Every problem with the arguments as (flag, message) pairs (empty = none). Looks only."""
+    from live.argcheck import Problems
+
+    problems = Problems()
+    problems.input_dir("--record", args.record)
+    if problems.port("--port", args.port):
+        problems.listen("--host", args.host, "--port", args.port)
+    if args.metrics_url:
+        problems.http_url("--metrics-url", args.metrics_url)
+    problems.positive_s("--window", args.window)
+    if not (math.isfinite(args.refresh) and args.refresh >= 0.2):
+        problems.add("--refresh", f"at least 0.2 s, got {args.refresh!r}")
     if importlib.util.find_spec("streamlit") is None:
-        return "streamlit is not installed: pip install -e '.[live]'"
-    return None
+        problems.add("", "streamlit is not installed: pip install -e '.[live]'")
+    return problems.items
 
 
 def streamlit_argv(args: argparse.Namespace) -> list[str]:
@@ -81,15 +80,31 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def main(argv: list[str] | None = None) -> int:
+def validate(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed arguments once every one checks out (else a BadInput naming each bad flag)."""
+    from scenarios.cli_errors import BadInput
+
     args = parser().parse_args(argv)
-    problem = check_args(args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    problems = check_args(args)
+    if problems:
+        raise BadInput.many(problems)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(validate(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the page until Streamlit exits (or this process is told to stop)."""
     print(f"dashboard: http://{args.host}:{args.port}/ (recording {args.record}; Ctrl-C stops)", flush=True)
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    proc = subprocess.Popen(streamlit_argv(args), start_new_session=True, preexec_fn=preexec)
+    try:
+        proc = subprocess.Popen(streamlit_argv(args), start_new_session=True, preexec_fn=preexec)
+    except OSError as exc:
+        from scenarios.cli_errors import BadInput
+
+        raise BadInput("", f"cannot start streamlit: {exc}") from None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if proc.poll() is None:

@@ -128,7 +128,9 @@ def check_netem() -> Check:
     if netem_available():
         return Check("sch_netem", "ok", "available: faults use netem (delay, jitter, loss, GE, rate, outage)")
     return Check("sch_netem", "WARN", "not available: faults use the fallback (tbf + tc-bpf); delay faults "
-                 "are skipped", "sudo modprobe sch_netem (Ubuntu/Debian: linux-modules-extra-$(uname -r))")
+                 "are skipped", "sudo modprobe sch_netem (Ubuntu/Debian: linux-modules-extra-$(uname -r)); "
+                 "to check the netem backend without it, in a user-mode-linux kernel that has it: "
+                 "sudo apt-get install user-mode-linux kmod && sudo python -m live.uml")
 
 
 def check_bpffs() -> Check:
@@ -178,12 +180,18 @@ def run_doctor(*, compile_probe: bool = True, file: TextIO | None = None,
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m live doctor", description=__doc__.splitlines()[0])
     ap.add_argument("--no-compile", action="store_true", help="skip compiling and attaching the probe")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     return run_doctor(compile_probe=not args.no_compile)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from scenarios.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, None, "python -m live doctor"))

@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import select
 import signal
@@ -54,11 +55,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["LabError", "main", "plan_path", "trace_schedule"]
+__all__ = ["LabError", "LabPlan", "main", "plan_path", "run", "trace_schedule", "validate"]
 
 PY = sys.executable
 TRACE_BIN_S = 0.1  # trace replay: the tbf rate is updated this often
@@ -150,24 +152,25 @@ def _rate_point(p: dict[str, float]) -> Any:
     return RatePoint(**p)
 
 
-def _lab_controllers(scn: Any, requested: str | None, log: Callable[[str], None]) -> list[str]:
+def _lab_controllers(scn: Any, requested: str | None, problems: Any) -> tuple[list[str], list[str]]:
+    """The controllers to run (``--controllers`` or the scenario's) and the sim-only ones skipped;
+    unknown names, or nothing left to run, are added to ``problems`` (a live.argcheck.Problems)."""
     import controllers
 
-    names = [c.strip() for c in requested.split(",") if c.strip()] if requested else list(scn.controllers)
+    names = [c.strip() for c in requested.split(",") if c.strip()] if requested is not None else list(scn.controllers)
     out: list[str] = []
+    skipped: list[str] = []
     for name in names:
-        try:
-            info = controllers.get(name)
-        except controllers.UnknownController as exc:
-            raise LabError(str(exc)) from None
-        if info.sim_only:
-            log(f"[lab] skipping {name}: sim-only (needs knowledge only the simulator has)")
-            continue
-        if name not in out:
+        if name not in controllers.REGISTRY:
+            problems.controller("--controllers", name)
+        elif controllers.get(name).sim_only:
+            skipped.append(name)
+        elif name not in out:
             out.append(name)
-    if not out:
-        raise LabError("no controller that can run live")
-    return out
+    if not out and not problems:
+        problems.add("--controllers" if requested is not None else "SCENARIO",
+                     "no controller that can run live" + (f" ({', '.join(skipped)}: sim only)" if skipped else ""))
+    return out, skipped
 
 
 def _check_congestion_control(cc: str) -> None:
@@ -395,25 +398,64 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
 
 
 # --------------------------------------------------------------------------- the lab
-def _finish(out: Path, ran: list[str], lab_info: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
+def _start_run_json(out: Path, loaded: Any, names: list[str], seed: int, lab_info: dict[str, Any]) -> None:
+    """run.json before the first controller starts: mode lab, the controllers planned, ``status`` running
+    and none ``finished`` -- what a killed lab leaves (each server child adds its own details)."""
+    import controllers as ctrl_pkg
+    from live.recorder import _git_rev, _versions
+    from sim.record import RUNNING, write_json_durably
+
+    scn = loaded.scenario
+    display = ctrl_pkg.display_info()
+    write_json_durably(out / "run.json", {
+        "mode": "lab", "scenario": loaded.resolved(), "scenario_file": str(loaded.path), "controllers": names,
+        "controller_params": {n: dict(scn.controllers.get(n) or {}) for n in names},
+        "controller_info": {n: display.get(n, {"label": n, "color": "#333333"}) for n in names},
+        "seed": seed, "slo_qoe": scn.slo.qoe, "control_interval_s": scn.control_interval_s,
+        "versions": _versions(), "git_rev": _git_rev(), "status": RUNNING, "finished": [], "lab": lab_info,
+    })
+
+
+def _controller_finished(out: Path, name: str, names: list[str], ran: list[str]) -> None:
+    """A controller's run ended well (its server closed and merged its files): run.json lists it finished."""
+    from sim.record import fsync_files, in_order, update_run_json
+
+    if (out / name).is_dir():
+        fsync_files(out / name)
+    update_run_json(out, {"finished": in_order(names, ran)})
+
+
+def _finish(out: Path, ran: list[str], lab_info: dict[str, Any], log: Callable[[str], None],
+            names: list[str] | None = None, interrupted: bool = False) -> dict[str, Any] | None:
+    """Merge, then run.json: the controllers planned minus those that failed (named in ``lab.runs``),
+    ``finished`` those that ran, ``status`` interrupted or -- once summary.json is written -- complete."""
     from analysis.metrics import summarize_run
-    from analysis.results import read_json, write_json
+    from analysis.results import read_json
     from live.recorder import merge_live_run
+    from sim.record import COMPLETE, INTERRUPTED, RUNNING, in_order, update_run_json, write_json_durably
 
     merge_live_run(out)
     run_json = out / "run.json"
     if not run_json.is_file():
         return None
     info = read_json(run_json)
+    failed = {r.get("controller") for r in lab_info.get("runs", []) if "error" in r}
+    listed = [n for n in (names if names is not None else ran) if n not in failed]
     info["mode"] = "lab"
-    info["controllers"] = ran
-    info["controller_info"] = {n: v for n, v in (info.get("controller_info") or {}).items() if n in ran}
-    info["controller_params"] = {n: v for n, v in (info.get("controller_params") or {}).items() if n in ran}
+    info["controllers"] = listed
+    info["controller_info"] = {n: v for n, v in (info.get("controller_info") or {}).items() if n in listed}
+    info["controller_params"] = {n: v for n, v in (info.get("controller_params") or {}).items() if n in listed}
+    info["finished"] = in_order(listed, ran)
+    info["status"] = INTERRUPTED if interrupted else RUNNING
     info["lab"] = lab_info
-    write_json(run_json, info)
+    write_json_durably(run_json, info)
     if not ran:
+        if not interrupted:
+            update_run_json(out, {"status": COMPLETE})
         return None
     summary = summarize_run(out)
+    if not interrupted:
+        update_run_json(out, {"status": COMPLETE})
     for name, m in summary["controllers"].items():
         log(f"[lab] {name:>10}: streams {m.get('streams')}, completed {m.get('completed')}, "
             f"qoe_mean {m.get('qoe_mean')}, stall_ratio {m.get('stall_ratio')}, waste_frac {m.get('waste_frac')}")
@@ -443,37 +485,75 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+MAX_TIME_LIMIT_S = 86_400.0  # a day: beyond it a trace schedule or a timer would not fit
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    """A lab run whose command line has been checked completely; nothing is created before ``run``."""
+
+    args: argparse.Namespace
+    loaded: Any
+    scenario_file: Path
+    path: str
+    names: list[str]
+    skipped: list[str]
+    out: Path
+
+
+def validate(argv: Sequence[str] | None = None) -> LabPlan:
+    """Parse and check the command line, every problem named by its flag or file and key
+    (a :class:`scenarios.cli_errors.BadInput`); reads files, creates nothing."""
+    from live.argcheck import Problems
+    from scenarios.loader import find_scenario
+
     args = _parser().parse_args(argv)
+    problems = Problems()
+    problems.at_least("--streams", args.streams, 1)
+    problems.positive_s("--time-limit", args.time_limit)
+    if args.time_limit is not None and MAX_TIME_LIMIT_S < args.time_limit < math.inf:
+        problems.add("--time-limit", f"at most {MAX_TIME_LIMIT_S:g} s, got {args.time_limit:g}")
+    problems.at_least("--seed", args.seed, 0)
+    problems.port("--port", args.port)
+    problems.output_dir("--out", args.out, empty=True)
+    loaded = problems.scenario("SCENARIO", args.scenario)
+    if loaded is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable: a scenario that did not load has a problem")
+    scn = loaded.scenario
+    path = args.path or next(iter(scn.paths))
+    if args.path is not None and path not in scn.paths:
+        problems.add("--path", f"{path!r} is not one of the scenario's paths ({', '.join(scn.paths)})")
+    names, skipped = _lab_controllers(scn, args.controllers, problems)
+    if names and args.port + len(names) - 1 > 65535:
+        problems.add("--port", f"{args.port} + {len(names) - 1} (one port per controller) is beyond 65535")
+    problems.raise_if_any()
+    return LabPlan(args, loaded, Path(find_scenario(args.scenario)).resolve(), path, names, skipped,
+                   args.out.resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(validate(argv))
+
+
+def run(plan: LabPlan) -> int:
+    """Run the lab: needs root, namespaces, TUN, eBPF (each missing piece is a BadInput with its fix)."""
+    from live.argcheck import environment_problems
+    from scenarios.cli_errors import BadInput
+
+    args, loaded, scenario_file, path, names, out = (plan.args, plan.loaded, plan.scenario_file, plan.path,
+                                                      plan.names, plan.out)
+    scn = loaded.scenario
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    from scenarios import ScenarioError, load_scenario
-    from scenarios.loader import find_scenario
-
-    try:
-        loaded = load_scenario(args.scenario)
-        scenario_file = Path(find_scenario(args.scenario)).resolve()
-        scn = loaded.scenario
-        path = args.path or next(iter(scn.paths))
-        if args.path is not None and path not in scn.paths:
-            raise LabError(f"--path {path!r} is not one of {', '.join(scn.paths)}")
-        if args.streams is not None and args.streams < 1:
-            raise LabError("--streams must be at least 1")
-        if args.time_limit is not None and args.time_limit <= 0:
-            raise LabError("--time-limit must be positive")
-        names = _lab_controllers(scn, args.controllers, log)
-        out: Path = args.out.resolve()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise LabError(f"{out} exists and is not an empty folder")
-    except (ScenarioError, LabError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if os.geteuid() != 0:
-        print("error: the lab needs root (network namespaces, tc, eBPF); see `python -m live doctor`",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+    tools = ("ip", "nsenter") if args.link == "tun" else ("ip", "nsenter", "tc")
+    missing = environment_problems(root=True, telemetry=True, tools=tools, tun=args.link == "tun")
+    if missing:
+        raise BadInput.many([("", f"the lab {m}" if m.startswith("needs root") else m) for _, m in missing])
+    for name in plan.skipped:
+        log(f"[lab] skipping {name}: sim-only (needs knowledge only the simulator has)")
     from live.faults import detect_backend
     from live.netns import veth_pair
     from live.tunlink import tun_pair
@@ -518,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "time_limit_s": time_limit_s, "streams": args.streams, "seed": seed, "runs": [],
                                 "netns": []}
     faults = scn.faults_for(path)
+    _start_run_json(out, loaded, names, seed, lab_info)
 
     @contextlib.contextmanager
     def network() -> Iterator[tuple[Any, Callable[[Any], Any]]]:
@@ -559,13 +640,19 @@ def main(argv: list[str] | None = None) -> int:
                         rc = 1
                         continue
                 ran.append(name)
+                _controller_finished(out, name, names, ran)
                 lab_info["runs"].append(res)
                 log(f"[lab] ({i + 1}/{len(names)}) {name} done in {res['wall_s']:.1f} s")
     except _Interrupted as exc:
         log(f"[lab] interrupted by {exc}: cleaned up; keeping what finished ({', '.join(ran) or 'nothing'})")
         rc = EXIT_INTERRUPTED
+    except BaseException:  # run.json must not keep saying running after the lab has stopped
+        from sim.record import INTERRUPTED, in_order, update_run_json
+
+        update_run_json(out, {"status": INTERRUPTED, "finished": in_order(names, ran)})
+        raise
     lab_info["wall_s"] = round(time.monotonic() - t0, 3)
-    summary = _finish(out, ran, lab_info, log)
+    summary = _finish(out, ran, lab_info, log, names=names, interrupted=rc == EXIT_INTERRUPTED)
     if summary is not None:
         log(f"[lab] wrote {out}/run.json (mode lab) and summary.json in {lab_info['wall_s']:.1f} s "
             f"(plots: python -m analysis {out})")
@@ -633,4 +720,6 @@ def _serve_child(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve-child"]:
         raise SystemExit(_serve_child(sys.argv[2:]))
-    raise SystemExit(main(sys.argv[1:]))
+    from scenarios.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, sys.argv[1:], "python -m live lab"))

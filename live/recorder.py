@@ -20,6 +20,13 @@ finishes; the later merge wins. When a client half exists, streams the load clie
 
 Times are seconds since the server's clock origin ``t0`` (``time.monotonic()`` when the server
 started, written to run.json as ``t0_monotonic``); the client maps its own clock onto it.
+
+run.json also says whether the recording is whole (:mod:`sim.record`): ``status`` ``running`` from the
+start (a killed server leaves it), the controller in ``finished`` once the server closed its files and
+merged them (``status`` ``complete``), and ``interrupted`` when Ctrl-C or SIGTERM stopped the server
+(``python -m live`` writes it: the files are still closed and merged, up to that moment). In a lab's
+folder (run.json ``mode`` ``lab``) the lab keeps both keys itself. Rows reach the disk at least every
+:data:`FLUSH_INTERVAL_S`, so a SIGKILL loses at most that much.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import platform
 import socket
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -47,9 +55,18 @@ from analysis.results import (
     ResultsFormatError,
     read_csv,
     read_json,
-    write_json,
 )
 from controllers import Observation
+from sim.record import (
+    COMPLETE,
+    INTERRUPTED,
+    RUNNING,
+    fsync_files,
+    in_order,
+    name_list,
+    read_run_json,
+    write_json_durably,
+)
 
 if TYPE_CHECKING:
     from live.pacing import PacedStream
@@ -63,12 +80,14 @@ __all__ = [
     "ClientRecorder",
     "LiveRecorder",
     "boot_id",
+    "mark_interrupted",
     "merge_live_run",
     "write_run_json",
 ]
 
 SERVER_TOKENS, SERVER_STREAMS = "server_tokens.csv", "server_streams.csv"
 CLIENT_TOKENS, CLIENT_STREAMS = "client_tokens.csv", "client_streams.csv"
+FLUSH_INTERVAL_S = 0.2  # the server's rows are handed to the OS at least this often (besides every N rows)
 
 
 def _t(x: float | None) -> float | None:
@@ -108,7 +127,10 @@ def write_run_json(run_dir: Path | str, *, controller: str, params: Mapping[str,
                    control_interval_s: float | None = None, seed: int | None = None,
                    live: Mapping[str, Any] | None = None) -> Path:
     """Write (or extend) DIR/run.json for a live run. A second controller run into the same folder
-    is added to ``controllers``; everything else already there is kept."""
+    is added to ``controllers``; everything else already there is kept.
+
+    The recording of ``controller`` is starting (again): ``status`` becomes ``running`` and it leaves
+    ``finished``. In a lab's folder (``mode`` ``lab``) mode, status and finished are the lab's and stay."""
     import controllers as ctrl_pkg  # the registry's display info goes into run.json (Pantheon's way)
 
     run_dir = Path(run_dir)
@@ -119,9 +141,10 @@ def write_run_json(run_dir: Path | str, *, controller: str, params: Mapping[str,
             info = read_json(path)
         except ResultsFormatError:
             info = {}
-    if info.get("mode") not in (None, "live"):
+    if info.get("mode") not in (None, "live", "lab"):
         raise ValueError(f"{path}: a {info.get('mode')!r} run, not a live one")
-    names = list(info.get("controllers") or [])
+    lab = info.get("mode") == "lab"
+    names = name_list(info.get("controllers"))
     if controller not in names:
         names.append(controller)
     display = ctrl_pkg.display_info()
@@ -138,9 +161,37 @@ def write_run_json(run_dir: Path | str, *, controller: str, params: Mapping[str,
         "git_rev": _git_rev(),
         "live": {**(info.get("live") or {}), **dict(live or {})},
     }
+    if lab:
+        merged["mode"] = "lab"
+    else:
+        merged["status"] = RUNNING
+        merged["finished"] = in_order(names, [n for n in name_list(info.get("finished")) if n != controller])
     for key, value in info.items():  # keep what others wrote (the lab's fault timeline, say)
         merged.setdefault(key, value)
-    return write_json(path, merged)
+    return write_json_durably(path, merged)
+
+
+def _mark_closed(run_dir: Path, controller: str) -> None:
+    """The server closed and merged ``controller``'s files: it is finished (not in a lab's folder,
+    whose run.json the lab keeps); the run is complete once every listed controller is."""
+    info = read_run_json(run_dir)
+    if info is None or info.get("mode") == "lab":
+        return
+    names = name_list(info.get("controllers"))
+    finished = in_order(names, [*name_list(info.get("finished")), controller])
+    info["finished"] = finished
+    info["status"] = COMPLETE if all(n in finished for n in names) else RUNNING
+    write_json_durably(run_dir / "run.json", info)
+
+
+def mark_interrupted(run_dir: Path | str) -> None:
+    """Ctrl-C or SIGTERM stopped the recording into ``run_dir``: run.json says so (``finished`` stays
+    as the server's close left it). Nothing happens without a run.json, or in a lab's folder."""
+    info = read_run_json(run_dir)
+    if info is None or info.get("mode") == "lab":
+        return
+    info["status"] = INTERRUPTED
+    write_json_durably(Path(run_dir) / "run.json", info)
 
 
 # --------------------------------------------------------------------------- the server's half
@@ -165,6 +216,15 @@ class LiveRecorder:
         self._streams = CsvRecorder(d / SERVER_STREAMS, STREAMS_COLUMNS, flush_every=1)
         self.streams_written = 0
         self.closed = False
+        self._flushed_at = time.monotonic()
+
+    def _maybe_flush(self) -> None:
+        """Hand every buffered row to the OS if the last time was FLUSH_INTERVAL_S ago: a killed server
+        loses at most that much (measured: a few microseconds a call, one flush per interval)."""
+        now = time.monotonic()
+        if now - self._flushed_at >= FLUSH_INTERVAL_S:
+            self._flushed_at = now
+            self.flush()
 
     def rel(self, t: float | None) -> float | None:
         return None if t is None else round(t - self.t0, 6)
@@ -174,6 +234,7 @@ class LiveRecorder:
              waiting: int, running: int, swapped: int, completed: int, kv_used: int) -> None:
         self._server.write((self.rel(t), batch_id, batch_size, batch_tokens, round(duration_s, 6), waiting, running,
                             swapped, completed, kv_used, round(kv_used / self.kv_tokens, 6)))
+        self._maybe_flush()
 
     def event(self, t: float, kind: str, req_id: str, details: str = "") -> None:
         self._events.write((self.rel(t), kind, req_id, details))
@@ -188,6 +249,7 @@ class LiveRecorder:
             o.inflight_bytes, o.queued_bytes, o.acked_tokens, o.generated_tokens, round(o.reading_tps, 6),
             round(o.client_buffer_est, 4), _t(rate_tps),
         ))
+        self._maybe_flush()
 
     def server_stream(self, s: PacedStream) -> None:
         sid = s.stream_id
@@ -220,6 +282,7 @@ class LiveRecorder:
             f.flush()
 
     def close(self, seqs: Iterable[Sequence] | None = None, *, merge: bool = True) -> None:
+        """Close the files (and merge the halves); then run.json lists the controller as finished."""
         if self.closed:
             return
         self.closed = True
@@ -229,6 +292,8 @@ class LiveRecorder:
             self.request_traces(seqs)
         if merge:
             merge_live_run(self.run_dir)
+            fsync_files(self.dir)
+            _mark_closed(self.run_dir, self.controller)
 
 
 # --------------------------------------------------------------------------- the client's half
@@ -251,6 +316,7 @@ class ClientRecorder:
         displayed = list(t_displayed[:n])
         qoe = andes_qoe(arrival_s, ttft_expected_s, reading_tps, max(1, output_tokens), displayed)
         ttft = displayed[0] - arrival_s if displayed else None
+        self._tokens.flush()  # a stream's tokens reach the disk before its row does
         self._streams.write((
             stream_id, path, round(arrival_s, 6), prompt_tokens, output_tokens, _t(ttft), round(stall_s, 6),
             round(qoe, 6), outcome, None, round(reading_tps, 6), round(patience_s, 6), ttft_expected_s, _t(end_s),
