@@ -8,6 +8,10 @@ median over ABBA groups of (sum with) / (sum without) of adjacent runs. As a noi
 the kernel's own accounting (BPF_ENABLE_STATS) gives the probes' run time per hit and as a share
 of the measured time: that share is what the probes can take from the sender at most.
 
+The runs alike (all with, all without) also give the run's own noise: ``same_condition_spread`` is the
+larger of max/min over the runs with probes and over the runs without. A ratio further from 1 than
+that is the probes' doing, not the machine's; one closer to 1 cannot resolve a cost that small.
+
 Last line: ``throughput_ratio=<x>``; target >= 0.98.
 
     sudo python bench/telemetry_overhead.py [--reps 6] [--duration 2] [--all-ports]
@@ -36,8 +40,10 @@ def iperf_bps(pair: VethPair, duration_s: float, omit_s: int) -> float:
 
 
 def run_with_probes(pair: VethPair, duration_s: float, omit_s: int, ports: list[int]
-                    ) -> tuple[float, int, dict[str, tuple[int, int]]]:
-    """(bit/s, probe hits drained, per-program (runs, run ns)) with the telemetry attached, drained every 0.1 s."""
+                    ) -> tuple[float, int, dict[str, tuple[int, int]], float]:
+    """(bit/s, probe hits drained, per-program (runs, run ns), seconds the flow ran) with the telemetry
+    attached, drained every 0.1 s. The seconds are the iperf3 run's alone, not BCC's compile and attach:
+    the probes' share of a CPU is taken over the time they had a flow to fire on."""
     hits = 0
     stop = threading.Event()
     with BccTelemetry(ports, 0.1) as tel:
@@ -50,13 +56,15 @@ def run_with_probes(pair: VethPair, duration_s: float, omit_s: int, ports: list[
 
         t = threading.Thread(target=drain, daemon=True)
         t.start()
+        t0 = time.monotonic()
         try:
             bps = iperf_bps(pair, duration_s, omit_s)
         finally:
+            flow_s = time.monotonic() - t0
             stop.set()
             t.join()
         runtime = tel.probe_runtime()
-    return bps, hits, runtime
+    return bps, hits, runtime, flow_s
 
 
 def main() -> None:
@@ -82,9 +90,8 @@ def main() -> None:
                 off: list[float] = []
                 for probes in (False, True, True, False) if rep % 2 == 0 else (True, False, False, True):
                     if probes:
-                        t0 = time.monotonic()
-                        bps, hits, rt = run_with_probes(pair, args.duration, args.omit, ports)
-                        run_wall_s += time.monotonic() - t0
+                        bps, hits, rt, flow_s = run_with_probes(pair, args.duration, args.omit, ports)
+                        run_wall_s += flow_s
                         runs += sum(c for c, _ in rt.values())
                         run_ns += sum(ns for _, ns in rt.values())
                         on.append(bps)
@@ -103,9 +110,12 @@ def main() -> None:
     print(f"median with probes {m_with / 1e9:.2f} Gbit/s, without {m_without / 1e9:.2f} Gbit/s "
           f"({len(with_)} runs each, ports={ports if ports else 'all'}); "
           f"ABBA group ratios: {' '.join(f'{r:.3f}' for r in group_ratios)}")
+    spread_off, spread_on = max(without) / min(without), max(with_) / min(with_)
+    print(f"same_condition_spread={max(spread_off, spread_on):.3f} (max/min of runs alike: probes off "
+          f"{spread_off:.3f}, probes on {spread_on:.3f}; a ratio closer to 1 than this is within this run's noise)")
     if stats_on and runs:
         print(f"probe cost (kernel accounting): {runs:,} runs, {run_ns / runs:.0f} ns per run, "
-              f"{100 * run_ns / (run_wall_s * 1e9):.3f}% of one CPU while attached")
+              f"{100 * run_ns / (run_wall_s * 1e9):.3f}% of one CPU while the flow ran")
     print(f"throughput_ratio={statistics.median(group_ratios):.3f}")
 
 

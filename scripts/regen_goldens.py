@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+# The repository first: tests/scenarios (YAML files, no __init__.py) would otherwise shadow the scenarios
+# package as a namespace package, and the imports below would fail.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from regression_support import GOLDEN_DIR, run_all_controllers  # noqa: E402
 

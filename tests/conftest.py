@@ -3,20 +3,24 @@
 A live test is skipped with the reason when this machine cannot run it (not root, bcc missing,
 no tracefs, no tc) — unless ``TOKENPACE_REQUIRE_LIVE=1`` (CI on a machine set up by
 ``scripts/setup_live.sh``), where the same reason fails the test instead, so a broken set-up
-cannot pass as green. The ``live`` fixture applies the same gate to tests that ask for it by name.
+cannot pass as green. The ``live`` fixture applies the same gate to tests that ask for it by name, and
+:func:`live_import` to the live extra's packages (``openai``, ``streamlit``, ...): use it instead of
+``pytest.importorskip``, which would skip a whole file even under ``TOKENPACE_REQUIRE_LIVE=1``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import pytest
 
@@ -45,13 +49,30 @@ def live_unavailable_reason() -> str | None:
     return None
 
 
-def require_live() -> None:
-    reason = live_unavailable_reason()
-    if reason is None:
-        return
+def unavailable(reason: str) -> NoReturn:
+    """Skip with ``reason`` -- or fail under ``TOKENPACE_REQUIRE_LIVE=1``, where nothing may skip.
+
+    Works in a test, a fixture, or at a test module's top level (there the whole file is skipped, or
+    its collection fails with the reason, which fails the run)."""
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{reason} ({REQUIRE_ENV}=1)", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_live() -> None:
+    reason = live_unavailable_reason()
+    if reason is not None:
+        unavailable(reason)
+
+
+def live_import(name: str) -> ModuleType:
+    """``importlib.import_module(name)`` for a dependency of the live extra; when it cannot be imported,
+    :func:`unavailable` (skip, or fail under ``TOKENPACE_REQUIRE_LIVE=1``). ``pytest.importorskip`` would
+    skip even where CI has said that nothing may."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"{name} cannot be imported ({exc}); pip install -e '.[live]'")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

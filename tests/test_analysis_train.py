@@ -13,9 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
-pytest.importorskip("skops")
-
 from analysis.cli import main
 from analysis.results import TELEMETRY_COLUMNS
 from analysis.train import TrainOptions, load_training_data, train

@@ -14,6 +14,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import live_import
 
 from analysis.results import TELEMETRY_COLUMNS
 from live import dashboard_data as dd
@@ -203,7 +204,7 @@ def test_format_and_clock(tmp_path):
 
 # --------------------------------------------------------------------------- /metrics
 def test_server_counters_from_a_real_metrics_page():
-    pytest.importorskip("prometheus_client")
+    live_import("prometheus_client")
     from prometheus_client import generate_latest
 
     from live.pacing import LiveMetrics
@@ -227,7 +228,7 @@ def test_server_counters_from_a_real_metrics_page():
 
 # --------------------------------------------------------------------------- the page (no browser)
 def _app(monkeypatch, record: Path):  # type: ignore[no-untyped-def]
-    testing = pytest.importorskip("streamlit.testing.v1")
+    testing = live_import("streamlit.testing.v1")
     monkeypatch.setattr(sys, "argv", [str(APP), "--record", str(record)])
     return testing.AppTest.from_file(str(APP), default_timeout=60).run()
 
@@ -271,7 +272,7 @@ def test_dashboard_command_rejects_a_missing_recording(tmp_path, capsys):
     missing = tmp_path / "no-such-run"
     assert main(["dashboard", "--record", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --record ") and str(missing) in err and "no such directory" in err
+    assert err.startswith("error: --record: ") and str(missing) in err and "no such directory" in err
     assert main(["dashboard", "--record", str(tmp_path), "--metrics-url", "localhost:8000"]) == 2
     from live.dashboard import parser, streamlit_argv
 

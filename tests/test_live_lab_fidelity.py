@@ -4,6 +4,9 @@ and by ``python -m sim``, then ``python -m analysis compare``: per metric, the m
 percentage error over the three controllers must be at most 10% (issue #5), and both must pick the
 same best controller.
 
+The 10% target is at the edge for four metrics (reported either way: non-strict expected failures with
+the measured numbers), so each metric also has a hard ceiling, HARD_CEILING_APE, that fails the test.
+
 The lab run is done once per session (a module fixture) and takes well under a minute.
 """
 
@@ -21,6 +24,13 @@ import pytest
 PY = sys.executable
 SCENARIO = Path(__file__).parent / "scenarios" / "lab-short.yaml"
 TARGET = 0.10
+# Median APEs measured over the lab runs in the README (NOT_MET below): ttft_p50 4.5-10.2%, ttft_p99
+# 4.8-12.7%, itl_p99 8.7-14.5%, waste 0.3-10.2%; itl_p50, stall_ratio, effective_tps under 2%. 25% is 1.7x the
+# worst seen (14.5%), so lab noise stays under it, while the modelling errors found so far did not: before the
+# server padded its SSE events to bytes_per_token, ttft_p99 was 21-31% off. A lab starved of CPU does not stay
+# under it either, and should not pass: with eight test sessions and busy loops on the 2 cores (load ~13) one
+# run took 71 s (limit 60) and had itl_p99 48.8% (unpaced's lab p99 148 ms against 50 ms), ttft_p50 20.1%.
+HARD_CEILING_APE = 0.25
 LAB_WALL_LIMIT_S = 60.0
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -39,6 +49,9 @@ NOT_MET: dict[str, tuple[str, bool]] = {
     "itl_p99_s": ("measured 11.5%, 13.9%, 8.7%, 9.9%, 14.5%: in the slower runs the lab's token gaps are longer in "
                   "the tail (unpaced 57 ms vs 50 ms, buffer 124 ms vs 102 ms)", False),
 }
+
+
+METRICS = ("ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "stall_ratio", "waste_frac", "effective_tps")
 
 
 def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -80,15 +93,28 @@ def test_lab_run_is_short_and_plays_the_path_in_user_space(fidelity: dict[str, A
 
 
 def test_same_best_controller(fidelity: dict[str, Any]) -> None:
+    """Sim and lab agree on the best controller by the project's tie rule (analysis.compare.ranking_agreement):
+    the same best, or each side's best among the other's tied best (QoE within QOE_TIE and waste within
+    WASTE_TIE). The session has one lab run, so the lab's run-to-run spread is not measured here and the tie
+    rule is the judge. On lab-short the model's unpaced leads buffer by 0.011 QoE, 0.006 above the tie: a lab
+    run where that lead falls under 0.005 ranks buffer first (it wastes 12% against 41%) and fails this test,
+    which is a disagreement by that rule, not a tolerance to widen."""
     r = fidelity["ranking"]
-    assert r["same_best"], f"sim best {r['sim_best']}, lab best {r['lab_best']} ({r})"
+    sides = {}
+    for side in ("_sim_dir", "_lab_dir"):
+        ctrls = json.loads((fidelity[side] / "summary.json").read_text())["controllers"]
+        sides[side[1:4]] = {c: (m.get("qoe_mean"), m.get("waste_frac")) for c, m in ctrls.items()}
+    assert r["same_best"] or r["best_within_ties"], (
+        f"sim best {r['sim_best']} (tied {r['sim_tied_best']}), lab best {r['lab_best']} (tied {r['lab_tied_best']}); "
+        f"(QoE, waste_frac) per controller: {sides}")
 
 
 @pytest.mark.parametrize(
     "metric",
     [
-        pytest.param(m, marks=pytest.mark.xfail(strict=NOT_MET[m][1], reason=NOT_MET[m][0])) if m in NOT_MET else m
-        for m in ("ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "stall_ratio", "waste_frac", "effective_tps")
+        pytest.param(m, marks=pytest.mark.xfail(strict=NOT_MET[m][1], raises=AssertionError, reason=NOT_MET[m][0]))
+        if m in NOT_MET else m
+        for m in METRICS
     ],
 )
 def test_median_ape_at_most_10_percent(fidelity: dict[str, Any], metric: str) -> None:
@@ -96,6 +122,17 @@ def test_median_ape_at_most_10_percent(fidelity: dict[str, Any], metric: str) ->
     per_ctrl = {c: v[metric] for c, v in fidelity["per_controller"].items()}
     assert entry["median_ape"] is not None, f"{metric}: no APE (sim 0 or missing): {per_ctrl}"
     assert entry["median_ape"] <= TARGET, f"{metric}: median APE {entry['median_ape']:.1%} > 10%: {per_ctrl}"
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_median_ape_under_hard_ceiling(fidelity: dict[str, Any], metric: str) -> None:
+    """No expected failure here: past HARD_CEILING_APE is a modelling error or a starved lab, not lab noise."""
+    entry = fidelity["per_metric"][metric]
+    per_ctrl = {c: v[metric] for c, v in fidelity["per_controller"].items()}
+    assert entry["median_ape"] is not None, f"{metric}: no APE (sim 0 or missing): {per_ctrl}"
+    assert entry["median_ape"] <= HARD_CEILING_APE, (
+        f"{metric}: median APE {entry['median_ape']:.1%} > hard ceiling {HARD_CEILING_APE:.0%} (lab wall "
+        f"{fidelity['_lab_wall_s']:.0f} s; over {LAB_WALL_LIMIT_S:.0f} s the lab was short of CPU): {per_ctrl}")
 
 
 @pytest.mark.parametrize("which", ["_sim_dir", "_lab_dir"])

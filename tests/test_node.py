@@ -9,7 +9,7 @@ import pytest
 import simpy
 
 from scenarios.schema import ServerSpec
-from sim.node import CANCELLED, FINISHED, SWAPPED, Sequence, ServingNode
+from sim.node import CANCELLED, FINISHED, RUNNING, SWAPPED, Sequence, ServingNode
 
 
 class Log:
@@ -97,16 +97,29 @@ def test_preemption_swaps_lifo_victim_and_swaps_back():
 
 
 def test_paced_stream_skips_steps_but_keeps_memory():
-    # A paced at 2 tok/s next to an unpaced B: steps every 0.1 s, A generates every 5th step.
+    # A paced at 2 tok/s next to an unpaced B: steps every 0.1 s, A generates every 5th step. Between its
+    # tokens A stays RUNNING with its KV cache (prompt + tokens so far) held: pacing skips steps, it does not
+    # preempt, so resuming costs no swap-in or recompute.
     spec = ServerSpec(d0_s=0.1, d1_s=0.0, batch_tokens=100, kv_tokens=1000, max_running=10)
     w = make(spec, [("A", 0.0, 10, 4), ("B", 0.0, 10, 30)])
-    env, tokens, seqs = w.env, w.tokens, w.seqs
+    env, node, tokens, seqs = w.env, w.node, w.tokens, w.seqs
     env.run(until=0.05)
     seqs["A"].set_rate(env.now, 2.0)
+    a, b = seqs["A"], seqs["B"]
+    held: list[tuple[float, int, int]] = []  # (t, A's generated, kv_used) sampled mid-step while A is paced
+    for k in range(1, 16):  # 0.15 .. 1.55 s: between steps, before A's last token at 1.6 s
+        env.run(until=0.05 + 0.1 * k)
+        assert a.state == RUNNING and a in node.running, (env.now, a.state)
+        assert node.kv_used == (10 + a.generated) + (10 + b.generated), (env.now, node.kv_used)
+        held.append((env.now, a.generated, node.kv_used))
+    assert [g for _, g, _ in held] == [1] * 5 + [2] * 5 + [3] * 5  # A skipped 4 of every 5 steps B took
     env.run(until=10)
+    assert tokens["A"] == [0.1, pytest.approx(0.6), pytest.approx(1.1), pytest.approx(1.6)]
     gaps = np.diff(tokens["A"])
-    assert np.allclose(gaps, 0.5)  # 2 tokens/s exactly, on step boundaries
+    assert len(gaps) == 3 and np.allclose(gaps, 0.5)  # 2 tokens/s exactly, on step boundaries
     assert len(tokens["B"]) == 30
+    assert w.log.memory_log == []  # no swap-out or swap-in: A's memory was held throughout
+    assert a.swap_count == 0 and node.kv_used == 0  # and freed when both finished
 
 
 def test_paused_node_idles_until_rate_rises():

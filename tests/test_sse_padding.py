@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import live_import
 
 from live.server import ChunkEncoder
 from live.sse import chunked_wire_size, event_data, is_token_event, pad_event, split_sse
@@ -28,7 +29,7 @@ def test_an_event_larger_than_the_target_is_not_cut():
 
 
 def test_official_openai_decoder_skips_the_padding():
-    sse = pytest.importorskip("openai._streaming")
+    sse = live_import("openai._streaming")
     enc = ChunkEncoder(True, "tokenpace-engine", 300)
     raw = enc.token(" word", 1, None) + b"data: [DONE]\n\n"
     events = list(sse.SSEDecoder().iter_bytes(iter([raw])))

@@ -11,10 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("sklearn")
-pytest.importorskip("skops")
-
 from sklearn.ensemble import HistGradientBoostingRegressor, IsolationForest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -248,7 +244,8 @@ def test_pickle_and_joblib_files_are_refused(tmp_path: Path) -> None:
         AnomalyDetector.load(pkl)
     msg = str(err.value)
     assert "isolation_forest.pkl" in msg and "pickle" in msg and "python -m analysis train" in msg
-    joblib = pytest.importorskip("joblib")
+    import joblib  # installed with scikit-learn (a core dependency)
+
     jl = tmp_path / "model.joblib"
     joblib.dump(pipe, jl, compress=3)
     with pytest.raises(UnsafeModelError, match=r"model\.joblib"):
