@@ -6,6 +6,7 @@ Pure tests run anywhere; ``@pytest.mark.live`` ones run in fresh namespaces (roo
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -125,7 +126,7 @@ def test_player_leaves_nothing_after_exit_and_after_exception(veth, backend):
                 assert ours(veth), "the player should have installed something by now"
                 if fail:
                     raise ValueError("boom")
-                fp.wait(2.0)
+                assert fp.wait(30.0), "the timeline (0.7 s of changes) was not played in 30 s"
                 assert any(s.rate_mbps == 5 for _, s in fp.history)
                 assert fp.current().is_clear
         except ValueError:
@@ -140,7 +141,7 @@ def test_player_keeps_what_others_created(veth):
     veth.run("a", ["tc", "filter", "add", "dev", veth.if_a, "egress", "pref", "100", "bpf", "bytecode", "1,6 0 0 0,"])
     veth.run("a", ["nft", "add", "table", "inet", "someone_else"])
     with FaultPlayer(veth.if_a, ALL_KINDS, "fallback", netns=veth.ns_a, handle_signals=False, log=lambda m: None) as fp:
-        fp.wait(2.0)
+        assert fp.wait(30.0), "the timeline (0.7 s of changes) was not played in 30 s"
     qd = veth.run("a", ["tc", "qdisc", "show", "dev", veth.if_a]).stdout
     flt = veth.run("a", ["tc", "filter", "show", "dev", veth.if_a, "egress"]).stdout
     assert "clsact" in qd and "pref 100 " in flt and f"pref {FILTER_PREF} " not in flt
@@ -235,24 +236,39 @@ def runs(lost: list[bool]) -> list[int]:
     return out + ([cur] if cur else [])
 
 
+def loss_sd(loss: float, n: int, r: float | None = None, p: float | None = None) -> float:
+    """Standard deviation of the loss fraction of n packets: Bernoulli, or a Gilbert-Elliott chain that
+    loses everything in its bad state (moves p good->bad, r bad->good). Consecutive states are correlated
+    (lag-1 correlation 1 - p - r), which multiplies the variance by (1 + c) / (1 - c)."""
+    var = loss * (1 - loss) / n
+    if r is not None and p is not None:
+        c = 1 - p - r
+        var *= (1 + c) / (1 - c)
+    return math.sqrt(var)
+
+
 @pytest.mark.live
 def test_dropper_loses_packets_with_bernoulli_and_gilbert_elliott_statistics(veth):
+    # packets per case: enough that the asked-for loss is within 0.02 at 5 sigma (a Gilbert-Elliott
+    # chain's bursts make its loss fraction vary 7 times as much as independent drops do)
     cases = [
-        (fault(kind="loss", at_s=0, duration_s=30, p=0.2), 0.2, 1 / 0.8),
+        (fault(kind="loss", at_s=0, duration_s=30, p=0.2), 0.2, 1 / 0.8, 20000, loss_sd(0.2, 20000)),
         # p/(p+r) = 0.2 of the time in the bad state losing everything: bursts of 1/r = 5 packets
-        (fault(kind="gilbert_elliott", at_s=0, duration_s=30, p=0.05, r=0.2), 0.2, 5.0),
-        (fault(kind="outage", at_s=0, duration_s=30), 1.0, None),
+        (fault(kind="gilbert_elliott", at_s=0, duration_s=30, p=0.05, r=0.2), 0.2, 5.0, 80000,
+         loss_sd(0.2, 80000, r=0.2, p=0.05)),
+        (fault(kind="outage", at_s=0, duration_s=30), 1.0, None, 20000, 0.0),
     ]
-    for f, want_loss, want_run in cases:
+    for f, want_loss, want_run, n, sd in cases:
+        assert 5 * sd <= 0.02
         with FaultPlayer(veth.if_a, [f], "fallback", netns=veth.ns_a, handle_signals=False,
                          log=lambda m: None) as fp:
             assert fp.history  # the t=0 shape is in place when start() returns
-            lost = udp_losses(veth)
+            lost = udp_losses(veth, n)
             _, dropped = fp.dropper_counters()
         rate = sum(lost) / len(lost)
-        print(f"\n{f.kind}: loss {rate:.3f} (want {want_loss}), mean burst "
+        print(f"\n{f.kind}: loss {rate:.4f} (want {want_loss} +- {5 * sd:.4f}), mean burst "
               f"{(sum(runs(lost)) / max(1, len(runs(lost)))):.2f} (want {want_run}), dropper dropped {dropped}")
-        assert rate == pytest.approx(want_loss, abs=0.02)
+        assert rate == pytest.approx(want_loss, abs=5 * sd)
         assert dropped >= sum(lost)
         if want_run is not None:
             r = runs(lost)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import random
+import math
 import re
 import statistics
 import time
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from live_timing import binomial_min_n, free_port_in, wait_until
 
 import controllers
 from live.netdata import COLUMNS, NetDataAggregator, NetDataWriter
@@ -23,11 +24,6 @@ from live.source import SocketStats
 from live.telemetry import HostInterval, RttHistogram, observation_from_stats
 
 INTERVAL_S = 0.1  # the scenario default control interval
-
-
-def free_port() -> int:
-    # the probes are global (every namespace): a port nobody else is likely to use right now
-    return random.randint(40000, 49999)
 
 
 def stats(**kw: object) -> SocketStats:
@@ -179,49 +175,82 @@ def ss_rtt_ms(pair, port: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
+LOSS_P = 0.1
+# The loss window runs until the dropper has seen this many packets: enough that it drops >= 10 of them
+# at 5 sigma (mean 40, sd 6), so the retransmit checks below never judge a rate from a handful.
+LOSS_MIN_PKTS = binomial_min_n(LOSS_P, 10)
+
+
 @pytest.mark.live
 def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(veth, bulk_flow):
+    """A 100 Mbit/s flow, clean, then 10 % loss from the tc-bpf dropper. Every interval records the
+    probe's retransmits and the packets the dropper passed and dropped (its counters are the truth
+    about what was lost), so retransmits are judged against drops, and against the clean period's
+    rate of retransmits per packet in the same run (a loaded machine makes a few spurious ones)."""
     from live.faults import FaultPlayer
     from live.telemetry import BccTelemetry
     from scenarios.schema import LossFault
 
-    port = free_port()
-    fault_at_s = 1.05  # mid-interval: the polls at 0.1 s multiples never straddle the switch
+    port = free_port_in(veth.ns_a)
+    fault_at_s = 1.55  # mid-interval: the polls at 0.1 s multiples never straddle the switch
     ctrl = controllers.make("ewma")
-    rows: list[tuple[float, SocketStats | None, float]] = []
-    with BccTelemetry([port], INTERVAL_S) as tel, bulk_flow(veth, port, rate_bps=100e6) as flow:
-        player = FaultPlayer(veth.if_a, [LossFault(kind="loss", at_s=fault_at_s, duration_s=10, p=0.1)],
+    # (t_s, stats, decided rate, packets passed, packets dropped by the dropper in the interval)
+    rows: list[tuple[float, SocketStats | None, float, int, int]] = []
+    with BccTelemetry([port], INTERVAL_S) as tel:
+        player = FaultPlayer(veth.if_a, [LossFault(kind="loss", at_s=fault_at_s, duration_s=60, p=LOSS_P)],
                              netns=veth.ns_a, handle_signals=False, log=lambda m: None)
-        with player:  # compiling the dropper takes a moment; the timeline starts after it
-            tel.poll()  # forget the handshake interval
+        # The dropper goes on before the flow starts: adding a clsact qdisc to a veth drops the packets
+        # in flight on it, whose retransmits (up to an RTO later) would land in the clean period.
+        with player, bulk_flow(veth, port, rate_bps=100e6) as flow:
+            tel.poll()  # forget the handshake
             t0 = player.t0_s
             assert t0 is not None
-            next_t = t0 + INTERVAL_S
-            while next_t - t0 <= fault_at_s + 0.8:
+            last = player.dropper_counters()
+            next_t = t0 + INTERVAL_S * (1 + (time.monotonic() - t0) // INTERVAL_S)
+            loss_pkts = 0
+            while True:
                 time.sleep(max(0.0, next_t - time.monotonic()))
                 now = time.monotonic()
                 s = tel.poll().get(flow.cookie)
+                counters = player.dropper_counters()
+                passed, dropped = counters[0] - last[0], counters[1] - last[1]
+                last = counters
                 decision = ctrl.decide(observation_from_stats(s, now, "bulk", reading_tps=15.0))
                 assert decision.rate_tps is not None
-                rows.append((now - t0, s, decision.rate_tps))
+                rows.append((now - t0, s, decision.rate_tps, passed, dropped))
                 next_t += INTERVAL_S
-            applied_s = next(t for t, shape in player.history if shape.loss)
-            passed, dropped = player.dropper_counters()
-    before = [r for r in rows if r[0] <= applied_s]
-    after = [r for r in rows if r[0] > applied_s]
-    retrans_before = sum(s.retrans for _, s, _ in before if s is not None)
-    retrans_after = sum(s.retrans for _, s, _ in after if s is not None)
-    print(f"\nloss 10%: dropper passed={passed} dropped={dropped}; probe retrans before={retrans_before} "
-          f"after={retrans_after}; rates: " + " ".join(f"{t:.1f}:{r:.1f}" for t, _, r in rows))
-    with_acks = sum(s is not None and s.samples > 0 for _, s, _ in before)
-    assert with_acks >= len(before) - 1, "the probe saw no ACKs before the fault"
-    # A clean veth retransmits little: the odd tail-loss probe of an app-limited burst, and on a loaded machine a
-    # few spurious probes (9 seen once, with other work on both cores). The loss must bring several times more.
-    assert retrans_before <= max(3, retrans_after // 4), (retrans_before, retrans_after)
-    assert dropped > 0
-    assert retrans_after >= max(5, dropped // 4), "retransmits of dropped packets were not seen"
-    rate_before = before[-1][2]
-    assert min(r for _, _, r in after[:2]) < rate_before - 1.0, "ewma did not slow down within two intervals"
+                if now - t0 > fault_at_s:
+                    loss_pkts += passed + dropped
+                    if loss_pkts >= LOSS_MIN_PKTS and now - t0 > fault_at_s + 3 * INTERVAL_S:
+                        break
+                    assert now - t0 < fault_at_s + 20, f"the flow offered only {loss_pkts} packets under loss in 20 s"
+    before = [r for r in rows if r[0] <= fault_at_s]  # the player cannot apply the loss before at_s
+    after = [r for r in rows if r[0] > fault_at_s]
+    retrans_before = sum(s.retrans for _, s, _, _, _ in before if s is not None)
+    retrans_after = sum(s.retrans for _, s, _, _, _ in after if s is not None)
+    pkts_before = sum(r[3] + r[4] for r in before)
+    dropped = sum(r[4] for r in after)
+    # the straddling interval passed clean packets too: the drop rate is judged from the ones after it
+    offered_lossy = sum(r[3] + r[4] for r in after[1:])
+    dropped_lossy = sum(r[4] for r in after[1:])
+    spurious_expected = retrans_before * loss_pkts / max(1, pkts_before)
+    print(f"\nloss {LOSS_P:.0%}: clean {pkts_before} pkts, probe retrans {retrans_before}; lossy {loss_pkts} pkts, "
+          f"dropper dropped {dropped}, probe retrans {retrans_after} (clean rate predicts {spurious_expected:.1f}); "
+          "rows t:retrans/samples/dropped:rate " + " ".join(
+              f"{t:.2f}:{s.retrans if s else '-'}/{s.samples if s else '-'}/{d}:{r:.1f}" for t, s, r, _, d in rows))
+    full_clean = [r for r in before[1:] if r[3] > 0]  # whole intervals in which the flow sent
+    assert len(full_clean) >= 5 and sum(r[1] is not None and r[1].samples > 0 for r in full_clean) >= len(
+        full_clean) - 1, "the probe saw no ACKs before the fault"
+    # the dropper drops what it was asked to, judged over >= 400 packets (5 sigma)
+    sd = math.sqrt(offered_lossy * LOSS_P * (1 - LOSS_P))
+    assert abs(dropped_lossy - LOSS_P * offered_lossy) <= 5 * sd, (dropped_lossy, offered_lossy)
+    # every dropped packet must be retransmitted (the last ones maybe after the window closed); on top
+    # of the spurious retransmits the clean period's per-packet rate predicts
+    assert retrans_after - spurious_expected >= max(5, dropped // 4), (retrans_after, spurious_expected, dropped)
+    # the controller sees them: ewma slows within two intervals of the first drop
+    first = next(i for i, r in enumerate(rows) if r[4] > 0)
+    rate_before = rows[first - 1][2]
+    assert min(r[2] for r in rows[first:first + 2]) < rate_before - 1.0, "ewma did not slow down within two intervals"
 
 
 @pytest.mark.live
@@ -230,20 +259,26 @@ def test_tbf_rate_cut_raises_srtt_and_matches_ss(veth, bulk_flow):
     from live.telemetry import BccTelemetry
     from scenarios.schema import RateFault
 
-    port = free_port()
-    cut_at_s = 1.0
+    port = free_port_in(veth.ns_a)
+    cut_at_s = 1.5
     baseline: list[int] = []
     during: list[int] = []
     pairs: list[tuple[float, float]] = []  # (probe srtt ms, ss rtt ms)
     with BccTelemetry([port], INTERVAL_S) as tel, bulk_flow(veth, port) as flow:
-        player = FaultPlayer(veth.if_a, [RateFault(kind="rate", at_s=cut_at_s, duration_s=10, rate_mbps=5)],
+        player = FaultPlayer(veth.if_a, [RateFault(kind="rate", at_s=cut_at_s, duration_s=60, rate_mbps=5)],
                              netns=veth.ns_a, handle_signals=False, log=lambda m: None)
         with player:
             tel.poll()
             t0 = player.t0_s
             assert t0 is not None
-            while (t := time.monotonic() - t0) < cut_at_s + 2.0:
-                time.sleep(INTERVAL_S)
+            next_t = time.monotonic() + INTERVAL_S
+            # polls on a fixed schedule, and the cut's samples until there are enough of them: a loaded
+            # machine makes each poll (and each `ss`) late, it does not make the test see fewer samples
+            while len(during) < 8 or len(pairs) < 8:
+                time.sleep(max(0.0, next_t - time.monotonic()))
+                next_t = max(next_t + INTERVAL_S, time.monotonic())
+                t = time.monotonic() - t0
+                assert t < cut_at_s + 20, f"only {len(during)} srtt samples in 19 s under the cut"
                 s = tel.poll().get(flow.cookie)
                 if s is None or s.srtt_us is None or s.samples == 0:
                     continue
@@ -260,7 +295,7 @@ def test_tbf_rate_cut_raises_srtt_and_matches_ss(veth, bulk_flow):
     print(f"\nsrtt baseline {base_ms:.3f} ms -> {cut_ms:.1f} ms under a 5 Mbit/s tbf "
           f"(x{cut_ms / base_ms:.0f}); vs ss: " + ", ".join(f"{p:.1f}/{s:.1f}" for p, s in pairs)
           + f"; median error {100 * statistics.median(errors):.1f}%")
-    assert len(baseline) >= 5 and len(during) >= 5 and len(pairs) >= 3
+    assert len(baseline) >= 5
     assert cut_ms >= 5 * base_ms
     assert cut_ms > 20  # a full 64 KB queue at 5 Mbit/s is ~105 ms; cubic keeps it partly full
     assert statistics.median(errors) <= 0.2
@@ -279,16 +314,16 @@ def test_probe_snd_una_lags_one_ack_and_the_socket_count_does_not(live):
     from live.source import socket_cookie
     from live.telemetry import BccTelemetry
 
-    port = free_port()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))  # the kernel's choice of a free port: nobody else holds it
+    srv.listen()
+    port = srv.getsockname()[1]
     with BccTelemetry([port], INTERVAL_S) as tel:
-        srv = socket.socket()
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", port))
-        srv.listen()
         cli = socket.create_connection(("127.0.0.1", port))
         conn, _ = srv.accept()
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(5.0)
             cookie = socket_cookie(conn)
 
             def read() -> None:
@@ -297,17 +332,24 @@ def test_probe_snd_una_lags_one_ack_and_the_socket_count_does_not(live):
                         pass
 
             threading.Thread(target=read, daemon=True).start()
-            cli.sendall(b"GET / HTTP/1.1\r\n\r\n")  # the probe sees the request: counting starts
-            time.sleep(0.1)
+            request = b"GET / HTTP/1.1\r\n\r\n"
+            cli.sendall(request)  # the probe sees the request: counting starts
+            got = b""
+            while len(got) < len(request):  # here, the probe has fired for it
+                got += conn.recv(len(request) - len(got))
             tel.poll()
+
+            def unacked() -> int:
+                return _ioctl_int(conn.fileno(), SIOCOUTQ)
+
             written = 0
             for _ in range(10):  # one token-sized write at a time, each acked before the next
                 conn.send(b"x" * 256)
                 written += 256
-                time.sleep(0.05)
-            time.sleep(0.3)  # quiet: everything acked
+                # the receiver may delay its ACK (40 ms, later on a busy machine): wait for it
+                wait_until(lambda: unacked() == 0, 10.0, "the ACK of a 256-byte write")
             probe_acked = sum(s.acked_bytes for s in (tel.poll().get(cookie),) if s is not None)
-            socket_acked = written - _ioctl_int(conn.fileno(), SIOCOUTQ)
+            socket_acked = written - unacked()
         finally:
             for s in (conn, cli, srv):
                 s.close()

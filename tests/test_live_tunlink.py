@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import select
 import signal
@@ -57,6 +58,21 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def _clock_pair() -> tuple[float, float]:
+    """(CLOCK_MONOTONIC, CLOCK_REALTIME) read at one instant: a pair whose reads were split by a
+    preemption would shift the converted kernel timestamp by that pause."""
+    best = (math.inf, 0.0, 0.0)
+    for _ in range(20):
+        r0 = time.time()
+        mono = time.monotonic()
+        r1 = time.time()
+        if r1 - r0 < best[0]:
+            best = (r1 - r0, mono, (r0 + r1) / 2)
+        if r1 - r0 < 20e-6:
+            break
+    return best[1], best[2]
+
+
 def ping(pair: TunPair, count: int, interval_s: float, *, payload: int = 56, wait_s: float = 3.0,
          src: str | None = None) -> list[tuple[float, float | None]]:
     """ICMP echo from side b (from address ``src``: default the kernel's choice) to side a: ``(sent,
@@ -78,7 +94,7 @@ def ping(pair: TunPair, count: int, interval_s: float, *, payload: int = 56, wai
             if not select.select([s], [], [], 0.05)[0]:
                 continue
             data, anc, _, _ = s.recvmsg(2048, 64)
-            mono, real = time.monotonic(), time.time()
+            mono, real = _clock_pair()
             t = mono
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
@@ -117,9 +133,31 @@ def _rtts_ms(pings: list[tuple[float, float | None]]) -> list[float]:
     return sorted((r - s) * 1000 for s, r in pings if r is not None)
 
 
+# What a ping's RTT holds beyond the path's delay, queue and serialization that the link does not see:
+# the kernels' processing on both sides, the pinger stamping its send time, the link's wake-up on a read.
+HOST_MARGIN_MS = 1.0
+
+
+def _jitter_ms(stats: dict[str, Any], q: str) -> float:
+    """The link's release lateness, down + up, at quantile key ``q`` (``p99_us``, ``max_us``): how late
+    this machine let the link write packets in this very run (ms)."""
+    return float(stats["lateness_down"][q] + stats["lateness_up"][q]) / 1000
+
+
+def _ping_slack_ms(stats: dict[str, Any]) -> float:
+    """Beyond the path, the RTT of >= 96 % of pings (union bound over four 1 % events): a packet is
+    late at most the link's p99 lateness on its write, and -- the same machine, the same stalls -- as
+    much again on its read, which the link cannot time (TUN reads carry no kernel timestamp)."""
+    return HOST_MARGIN_MS + 2 * _jitter_ms(stats, "p99_us")
+
+
 # ----------------------------------------------------------------------------------------- iperf3
-def _iperf3(pair: TunPair, args: list[str], timeout_s: float = 30) -> dict[str, Any]:
-    """An iperf3 server in a (one test), the client in b with ``args``; the client's JSON report."""
+def _iperf3(pair: TunPair, args: list[str], timeout_s: float = 30, *, rt_client: bool = False) -> dict[str, Any]:
+    """An iperf3 server in a (one test), the client in b with ``args``; the client's JSON report.
+
+    ``rt_client``: the client runs SCHED_FIFO (below the link's priority), so that its per-interval
+    counts -- what it read in each interval -- are not bent by a busy process holding its core: when
+    the reader waits for a CPU, the data it did not read moves into the next interval."""
     server = pair.popen("a", ["iperf3", "-s", "-1", "-B", pair.addr_a, "--forceflush"])
     try:
         deadline = time.monotonic() + 5
@@ -127,7 +165,8 @@ def _iperf3(pair: TunPair, args: list[str], timeout_s: float = 30) -> dict[str, 
             if f"{pair.addr_a}:5201" in pair.run("a", ["ss", "-ltn"]).stdout:
                 break
             time.sleep(0.05)
-        proc = pair.run("b", ["iperf3", "-c", pair.addr_a, "-J", *args], check=False, timeout_s=timeout_s)
+        rt = ["chrt", "-f", "5"] if rt_client else []
+        proc = pair.run("b", [*rt, "iperf3", "-c", pair.addr_a, "-J", *args], check=False, timeout_s=timeout_s)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
     finally:
@@ -159,13 +198,15 @@ def test_idle_ping_sees_the_path_rtt(live: None) -> None:
         pair.link.start_clock()
         rtts = _rtts_ms(ping(pair, 25, 0.04))
         stats = pair.link.stats()
+    hi_ms = 40.0 + 2 * 84 * 8 / 10e6 * 1000 + _ping_slack_ms(stats)  # + an 84-byte packet each way
     print(f"\nidle ping rtt_ms=40: n={len(rtts)} min {rtts[0]:.2f} p50 {rtts[len(rtts) // 2]:.2f} "
-          f"max {rtts[-1]:.2f} ms; link lateness down {stats['lateness_down']}")
+          f"max {rtts[-1]:.2f} ms (window up to {hi_ms:.2f} ms from this run's jitter); "
+          f"link lateness down {stats['lateness_down']}, up {stats['lateness_up']}")
     assert len(rtts) >= 24
     assert rtts[0] >= 40.0 - 0.05, "faster than the propagation delay"
-    assert 38.0 <= rtts[len(rtts) // 2] <= 42.0
+    assert rtts[len(rtts) // 2] <= hi_ms
     # this VM stalls now and then for several ms (both vCPUs at once: the host); most pings are spared
-    assert sum(38.0 <= r <= 42.0 for r in rtts) >= 0.8 * len(rtts)
+    assert sum(r <= hi_ms for r in rtts) >= 0.8 * len(rtts)
 
 
 def test_two_paths_each_with_its_own_rtt_and_rate(live: None) -> None:
@@ -219,9 +260,11 @@ def test_bulk_flow_goodput_and_queue_bound(live: None) -> None:
     assert len(rtts) >= 100
     # Queueing delay is bounded by the queue; what the host adds on top is the link's release lateness
     # (it measures it) -- a stalled VM delays a ping however small the queue.
-    assert rtts[int(0.9 * len(rtts))] <= bound_ms + 3.0, "packets waited longer than the queue can hold"
-    late_ms = (stats["lateness_down"]["max_us"] + stats["lateness_up"]["max_us"]) / 1000
-    assert rtts[-1] <= bound_ms + 3.0 + late_ms, "a packet waited longer than the queue can hold"
+    wire_ms = 2 * 84 * 8 / rate * 1000  # the ping's own serialization, each way
+    assert rtts[int(0.9 * len(rtts))] <= bound_ms + wire_ms + _ping_slack_ms(stats), \
+        "packets waited longer than the queue can hold"
+    assert rtts[-1] <= bound_ms + wire_ms + HOST_MARGIN_MS + 2 * _jitter_ms(stats, "max_us"), \
+        "a packet waited longer than the queue can hold"
     assert rtts[-1] >= rtt_ms + 0.5 * (bound_ms - rtt_ms), "the bulk flow never filled the queue"
     assert 0 < stats["down"]["max_backlog_bytes"] <= queue
     assert stats["io"]["write_errors"] == 0
@@ -259,13 +302,17 @@ def test_outage_delivers_nothing(live: None) -> None:
     arrivals = sorted(r - t0 for _, r in pings if r is not None)
     gaps = [(b - a, a, b) for a, b in itertools.pairwise(arrivals)]
     gap, gap_from, gap_to = max(gaps)
-    inside = [t for t in arrivals if 1.0 + 0.010 + 0.010 < t < 3.0]  # + rtt/2 + slack for the last one out
+    # A reply is written at its computed arrival plus the link's lateness (the largest of this run bounds
+    # it), and b stamps it as it is written; 84 bytes at 10 Mbit/s take 67 us.
+    slack_s = (84 * 8 / 10e6) + stats["lateness_down"]["max_us"] / 1e6 + HOST_MARGIN_MS / 1000
+    inside = [t for t in arrivals if 1.0 + 0.010 + slack_s < t < 3.0]  # the last one out before the outage
     print(f"\noutage [1, 3) s: {len(arrivals)} replies, longest silence {gap * 1000:.0f} ms "
-          f"({gap_from:.3f} -> {gap_to:.3f} s); replies inside {inside}")
+          f"({gap_from:.3f} -> {gap_to:.3f} s); replies inside {inside}; slack {slack_s * 1000:.2f} ms "
+          f"(link lateness down {stats['lateness_down']})")
     assert not inside, f"replies delivered during the outage at t = {inside}"
     assert len(arrivals) >= 79, "replies queued during the outage were not delivered after it"
     assert gap >= 1.9
-    assert 3.010 <= gap_to <= 3.030  # the first held reply: end of the outage + rtt/2 (+ the link's lateness)
+    assert 3.010 <= gap_to <= 3.010 + slack_s  # the first held reply: end of the outage + rtt/2
     assert stats["down"]["tail_drops"] == 0
 
 
@@ -275,7 +322,7 @@ def test_rate_schedule_step_shows_in_throughput(live: None) -> None:
                  queue_bytes=25_000)
     with tun_pair(spec, [], REPO, seed=1) as pair:
         pair.link.start_clock()
-        report = _iperf3(pair, ["-R", "-t", "6", "-i", "0.5"])
+        report = _iperf3(pair, ["-R", "-t", "6", "-i", "0.5"], rt_client=True)
     iv = [(i["sum"]["start"], i["sum"]["end"], i["sum"]["bits_per_second"] / 1e6) for i in report["intervals"]]
     # iperf3's clock starts a little after the link's (its control connection first): the step lands in 2.5-3.0
     before = [m for s, e, m in iv if s >= 1.0 and e <= 2.6]
@@ -285,7 +332,7 @@ def test_rate_schedule_step_shows_in_throughput(live: None) -> None:
     mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
     assert mean_before >= 8.5 and min(before) >= 7.5  # 10 Mbit/s x 1448/1500 = 9.65
     assert 2.6 <= mean_after <= 3.1  # 3 Mbit/s x 1448/1500 = 2.9
-    # iperf3 counts what it read: when the host stalls it, data moves from one interval to the next
+    # iperf3 counts what it read: when the host stalls it (both vCPUs), data moves to the next interval
     assert max(after) <= 4.5
 
 
