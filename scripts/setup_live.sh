@@ -2,7 +2,9 @@
 # Prepare this machine for tokenpace live mode (eBPF telemetry, tc/nft faults, namespaces).
 # Idempotent and non-interactive; run as root. Each step says what it does, or that nothing was needed.
 #   - installs python3-bpfcc bpfcc-tools linux-headers-<arch> iperf3 iproute2 nftables chromium (the
-#     dashboard test's headless browser) if any is missing
+#     dashboard test's headless browser) user-mode-linux kmod (a kernel with sch_netem that runs as a
+#     program, and the insmod that loads it: `python -m live.uml` checks the netem fault backend in
+#     it when this kernel has no sch_netem) if any is missing
 #   - links /lib/modules/$(uname -r)/{build,source} to the installed headers when the running kernel
 #     has none of its own (custom kernels: BCC only needs *some* headers, the tracepoint layouts come
 #     from tracefs at run time)
@@ -19,7 +21,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
-want=(python3-bpfcc bpfcc-tools "linux-headers-${arch}" iperf3 iproute2 nftables chromium)
+want=(python3-bpfcc bpfcc-tools "linux-headers-${arch}" iperf3 iproute2 nftables chromium user-mode-linux kmod)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${want[@]}"; do
