@@ -97,6 +97,10 @@ DROPPER_C = Path(__file__).with_name("bpf") / "tc_loss.c"
 MIN_QUEUE_BYTES = 64 * 1024
 DEFAULT_MTU_BYTES = 1514
 NFT_SCALE = 1_000_000  # nft loss granularity: parts per million
+NETEM_UNLIMITED_RATE = "1000gbit"  # "no rate" for a netem that had one: 0.5 us per 64 KB skb
+# A step applied later than this is reported: a trace replays as 100 ms rate bins, and a step that
+# late has lost a whole bin (a control interval, in the built-in scenarios).
+LATE_WARN_S = 0.1
 
 
 class UnsupportedFault(RuntimeError):
@@ -446,16 +450,29 @@ class _Applier:
         self.log = log
         self.dropper: _Dropper | None = None
         self._root: str | None = None  # "netem" | "tbf" while our root qdisc is installed
+        self._root_args: list[str] | None = None  # what it was last given (the same again is not re-sent)
+        self._netem_rated = False  # the installed netem has been given a rate (it keeps one until deleted)
 
     def prepare(self, shapes: Iterable[Shape]) -> None:
+        """What takes long, done before time 0: the dropper's compile and attach (it drops nothing
+        until set), or the empty nftables chain, so that a loss step is a map update or one rule."""
         needs_drop = any(s.outage or s.loss is not None for s in shapes)
         if self.backend == "fallback" and needs_drop:
             self.dropper = _Dropper(self.iface, self.netns, self.created)
             self.dropper.attach()
+        elif self.backend == "fallback-nft" and needs_drop:
+            self._nft_chain_create()
 
     def apply(self, shape: Shape) -> None:
         if self.backend == "netem":
-            self._root_qdisc(None if shape.is_clear else _netem_args(shape, self.mtu_bytes), "netem")
+            args = None if shape.is_clear else _netem_args(shape, self.mtu_bytes)
+            if args is not None and shape.rate_mbps is None and self._root == "netem" and self._netem_rated:
+                # `tc qdisc change` without `rate` leaves netem's rate as it was (the kernel updates it
+                # only when the attribute is sent, and tc never sends a zero rate): lift it explicitly.
+                # Deleting and re-adding the qdisc would drop the packets queued in it instead.
+                args += ["rate", NETEM_UNLIMITED_RATE]
+            self._root_qdisc(args, "netem")
+            self._netem_rated = args is not None and "rate" in args
             return
         self._root_qdisc(_tbf_args(shape, self.mtu_bytes) if shape.rate_mbps is not None else None, "tbf")
         if self.backend == "fallback":
@@ -468,10 +485,13 @@ class _Applier:
         if args is None:
             if self._root is not None:
                 _run(["tc", "qdisc", "del", "dev", self.iface, "root", "handle", QDISC_HANDLE], self.netns, check=False)
-                self._root = None
+                self._root = self._root_args = None
             return
+        if self._root == kind and args == self._root_args:
+            return  # in place already (the t=0 rate, installed by prepare): a step stays a map update
         verb = "change" if self._root == kind else "replace"
         _run(["tc", "qdisc", verb, "dev", self.iface, "root", "handle", QDISC_HANDLE, *args], self.netns)
+        self._root_args = list(args)
         if self._root is None:
             self.created.root_qdisc = True
             self.created.save()
@@ -491,17 +511,21 @@ class _Applier:
             if self.created.nft_chain:
                 _run(["nft", "flush", "chain", "netdev", NFT_TABLE, chain], self.netns, check=False)
             return
-        if not self.created.nft_chain:
-            _run(["nft", "add", "table", "netdev", NFT_TABLE], self.netns)
-            _run(["nft", "add", "chain", "netdev", NFT_TABLE, chain,
-                  f"{{ type filter hook egress device \"{self.iface}\" priority 0; policy accept; }}"], self.netns)
-            self.created.nft_chain = True
-            self.created.save()
+        self._nft_chain_create()
         script = f"flush chain netdev {NFT_TABLE} {chain}\nadd rule netdev {NFT_TABLE} {chain} {rule}\n"
         proc = subprocess.run(netns_cmd(self.netns, ["nft", "-f", "-"]), input=script, capture_output=True,
                               text=True, timeout=20, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"nft failed: {proc.stderr.strip()}")
+
+    def _nft_chain_create(self) -> None:
+        if self.created.nft_chain:
+            return
+        _run(["nft", "add", "table", "netdev", NFT_TABLE], self.netns)
+        _run(["nft", "add", "chain", "netdev", NFT_TABLE, _nft_chain(self.iface),
+              f"{{ type filter hook egress device \"{self.iface}\" priority 0; policy accept; }}"], self.netns)
+        self.created.nft_chain = True
+        self.created.save()
 
     def close(self) -> None:
         if self.dropper is not None:
@@ -586,9 +610,15 @@ _FAULTS = TypeAdapter(list[Fault])
 class FaultPlayer:
     """Plays a fault timeline on the egress of ``iface`` (optionally inside network namespace ``netns``).
 
-    ``start()`` detects or checks the backend, prints it with what it will and will not emulate,
-    applies the shape at t=0 and starts a thread that applies every later change; ``stop()``
-    restores the interface (idempotent; also run at exit and on SIGTERM/SIGINT while playing).
+    ``prepare()`` does everything slow, before anybody picks time 0: detects or checks the backend,
+    prints it with what it will and will not emulate, removes leftovers, compiles and attaches the
+    tc-bpf dropper (seconds on a busy 2-core machine) and installs the path's own shape at t=0
+    without its losses. ``start()`` (which prepares first if that was not done) applies the shape at
+    t=0 and starts a thread that applies every later change; only cheap steps are left by then
+    (a map update, a ``tc qdisc change``). A step applied more than ``LATE_WARN_S`` after its time,
+    or one whose successor was already due (its whole window missed), is logged with how late it
+    was and kept in ``late_steps``. ``stop()`` restores the interface (idempotent; also run at exit
+    and on SIGTERM/SIGINT while prepared or playing).
     Time 0 is ``t0_s`` (a ``time.monotonic()`` value shared with the rest of a run) or ``start()``.
     ``base`` is the path's own shape (rate / rtt / loss / rate schedule) applied under the faults;
     without it, faults alone are applied (a ``factor`` rate fault then needs ``base``).
@@ -614,6 +644,9 @@ class FaultPlayer:
         self.handle_signals = handle_signals
         self.force = force  # replace a root qdisc somebody else installed
         self.history: list[tuple[float, Shape]] = []  # (t_s since t0, shape applied)
+        self.late_steps: list[tuple[float, float]] = []  # (planned t_s, late by s): steps not applied on time
+        self.prepare_s: float | None = None  # how long prepare() took (the dropper's compile, mostly)
+        self._plan: list[tuple[float, Shape]] | None = None  # prepared, not yet handed to start()
         self.unsupported: list[str] = []
         self.error: BaseException | None = None
         self._applier: _Applier | None = None
@@ -664,10 +697,14 @@ class FaultPlayer:
             raise UnsupportedFault("; ".join(notes))
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FaultPlayer:
+    def prepare(self) -> FaultPlayer:
+        """Everything slow, so that time 0 can be chosen after it: backend, checks, leftovers removed,
+        the dropper compiled and attached (off), the t=0 shape's rate/delay in place (no losses yet:
+        traffic before time 0 -- a readiness check -- must get through). Idempotent."""
         with self._lock:
             if not self._stopped:
-                return self
+                return self  # prepared or playing already
+            t_begin = time.monotonic()
             if self.backend is None:
                 self.backend = detect_backend()
             elif self.backend == "netem" and not netem_available():
@@ -690,14 +727,35 @@ class FaultPlayer:
             self._stopped = False
             self._stop.clear()
             try:
-                self._applier.prepare(s for _, s in plan)
-                if self.t0_s is None:
-                    self.t0_s = time.monotonic()
                 self._install_handlers()
                 atexit.register(self.stop)
-                # what is due already is in place when start() returns; the thread plays the rest
+                self._applier.prepare(s for _, s in plan)
+                if plan and plan[0][0] <= 0.0:
+                    pre_roll = replace(plan[0][1], loss=None, outage=False)
+                    if not pre_roll.is_clear:
+                        self._applier.apply(pre_roll)
+                self._plan = plan
+            except BaseException:
+                self.stop()
+                raise
+            self.prepare_s = time.monotonic() - t_begin
+            self._log(f"[faults] prepared in {self.prepare_s:.2f} s")
+            return self
+
+    def start(self) -> FaultPlayer:
+        """Play the timeline from ``t0_s`` (default: now); prepares first if ``prepare()`` was not called.
+        What is due already when it is called is in place when it returns (late steps are reported)."""
+        with self._lock:
+            if self._thread is not None:
+                return self
+            self.prepare()
+            plan, self._plan = self._plan or [], None
+            try:
+                if self.t0_s is None:
+                    self.t0_s = time.monotonic()
                 while plan and self.t0_s + plan[0][0] <= time.monotonic():
-                    self._apply_step(*plan.pop(0))
+                    t, shape = plan.pop(0)
+                    self._apply_step(t, shape, next_due=bool(plan) and self.t0_s + plan[0][0] <= time.monotonic())
                 self._thread = threading.Thread(target=self._play, args=(plan,), name=f"faults-{self.iface}",
                                                 daemon=True)
                 self._thread.start()
@@ -724,23 +782,31 @@ class FaultPlayer:
     def _play(self, plan: list[tuple[float, Shape]]) -> None:
         assert self.t0_s is not None and self._applier is not None
         try:
-            for t, shape in plan:
+            for i, (t, shape) in enumerate(plan):
                 wait_s = self.t0_s + t - time.monotonic()
                 if wait_s > 0 and self._stop.wait(wait_s):
                     return
                 with self._lock:
                     if self._stop.is_set():
                         return
-                    self._apply_step(t, shape)
+                    next_due = i + 1 < len(plan) and self.t0_s + plan[i + 1][0] <= time.monotonic()
+                    self._apply_step(t, shape, next_due=next_due)
         except BaseException as exc:  # reported by stop() / wait()
             self.error = exc
             self._log(f"[faults] error: {exc}")
 
-    def _apply_step(self, t: float, shape: Shape) -> None:
+    def _apply_step(self, t: float, shape: Shape, *, next_due: bool = False) -> None:
+        """Apply the step planned at ``t``; one begun more than LATE_WARN_S late, or whose successor
+        is due already (``next_due``: its whole window is missed), is logged and kept in late_steps."""
         assert self.t0_s is not None and self._applier is not None
+        late_s = time.monotonic() - (self.t0_s + t)
         self._applier.apply(shape)
         self.history.append((time.monotonic() - self.t0_s, shape))
         self._log(f"[faults] t={t:7.2f}s {self.iface}: {shape.describe()}")
+        if late_s > LATE_WARN_S or next_due:
+            self.late_steps.append((t, late_s))
+            self._log(f"[faults] LATE: the step at t={t:.2f}s ({shape.describe()}) was applied {late_s:.3f} s late"
+                      + (" and the next step is due already: its window was missed" if next_due else ""))
 
     def elapsed_s(self) -> float:
         return 0.0 if self.t0_s is None else time.monotonic() - self.t0_s
@@ -783,6 +849,8 @@ class FaultPlayer:
                 cleanup(self.iface, self.netns, log=lambda m: None)
             finally:
                 self._applier = None
+                self._thread = None
+                self._plan = None
                 self._restore_handlers()
                 with contextlib.suppress(Exception):
                     atexit.unregister(self.stop)

@@ -16,7 +16,10 @@ For each controller the scenario lists (or ``--controllers``), it
    ``DIR/<controller>/`` (a fresh user-space link each time: the same path from time 0);
 2. starts the load client in ``b`` with the scenario's arrivals, outputs and readers; once it is
    ready, one instant just ahead becomes time 0 of the load, of the server's recording and of the
-   path's timeline (faults, schedules, traces), so all three line up as in the simulator;
+   path's timeline (faults, schedules, traces), so all three line up as in the simulator. What is
+   slow about the path (compiling the tc-bpf dropper: seconds on a busy machine) is done before,
+   while the server starts, so that at time 0 only cheap steps are left; a step applied late is
+   logged and listed in run.json (``lab.runs[].late_steps``);
 3. stops the server and the path, and merges the server's and the client's halves.
 
 Then ``DIR/run.json`` says mode ``lab`` and lists every controller run, and ``DIR/summary.json``
@@ -282,14 +285,22 @@ class _QdiscTimeline:
         self.player = FaultPlayer(pair.if_a, faults, netns=pair.ns_a, base=base, handle_signals=False,
                                   log=player_log)
 
+    def prepare(self) -> None:
+        """The slow part (backend checks, the tc-bpf dropper's compile and attach, the t=0 rate), done
+        before the lab picks time 0: a compile of seconds after it would swallow the first faults."""
+        self.player.prepare()
+
     def start(self, t0: float) -> None:
         self.player.t0_s = t0
         self.player.start()
 
     def summary(self) -> dict[str, Any]:
         passed, dropped = self.player.dropper_counters()
+        late = self.player.late_steps
         return {"backend": self.player.backend, "load_s": round(self.player.elapsed_s(), 3),
-                "shape_changes": len(self.player.history), "dropper_passed": passed, "dropper_dropped": dropped}
+                "prepare_s": round(self.player.prepare_s or 0.0, 3),
+                "shape_changes": len(self.player.history), "late_steps": [[t, round(s, 3)] for t, s in late],
+                "dropper_passed": passed, "dropper_dropped": dropped}
 
     def stop(self) -> None:
         self.player.stop()
@@ -300,6 +311,9 @@ class _TunTimeline:
 
     def __init__(self, pair: Any) -> None:
         self.link = pair.link
+
+    def prepare(self) -> None:
+        pass  # the link process is up (tun_pair) and waits for its clock: starting it is one message
 
     def start(self, t0: float) -> None:
         self.link.start_clock(t0)
@@ -336,6 +350,9 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
     server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL, stdin=subprocess.PIPE)
     client: subprocess.Popen[str] | None = None
     try:
+        # The path's slow set-up (compiling the dropper takes seconds here) while the server compiles
+        # its probes, and in any case before time 0 is picked: at time 0 only cheap steps are left.
+        timeline.prepare()
         for k, (path, spec) in enumerate(cross):
             try:
                 generators.append((path, flows.enter_context(cross_traffic(
@@ -368,6 +385,9 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
         timeline.start(t0)
         for _, gen in generators:
             gen.start(t0)
+        if time.monotonic() > t0:
+            log(f"[lab]   LATE: time 0 passed {time.monotonic() - t0:.3f} s before the path and the cross "
+                "traffic had it")
         try:
             c_out, c_err = client.communicate(timeout=time_limit_s + 60)
         except subprocess.TimeoutExpired:
