@@ -3,7 +3,8 @@
     python -m live --iface IFACE [--port P] [--controller NAME] [--scenario FILE | --fault SPEC ...]
                    [--record DIR] [--duration S] [--upstream URL]
     python -m live doctor                       can live mode run here? (and the fix for each check)
-    python -m live cleanup --iface IFACE        remove qdiscs/rules a killed run left behind
+    python -m live cleanup [--iface IFACE]      remove what a killed run left behind (qdiscs/rules on IFACE;
+                                                stale namespaces, TUN links and processes of a killed lab)
     python -m live client URL --streams N       load client with the scenario's readers
     python -m live lab SCENARIO --out DIR       run a scenario for real in two namespaces, every controller
     python -m live dashboard --record DIR       live Streamlit page of a recording (per-connection telemetry)
@@ -314,19 +315,24 @@ def _listen_error(exc: OSError, config: Any) -> BaseException:
 # --------------------------------------------------------------------------- cleanup
 @dataclass(frozen=True)
 class CleanupConfig:
-    iface: str
+    iface: str | None  # None: only what live.leftovers finds (stale namespaces, orphaned processes)
     netns: str | None
 
 
 def _validate_cleanup(argv: list[str]) -> CleanupConfig:
     p = argparse.ArgumentParser(prog=f"{PROG} cleanup",
-                                description="Remove the qdiscs and nftables rules tokenpace created on an interface "
-                                "(after a killed run). Nothing else is touched.")
-    p.add_argument("--iface", required=True)
+                                description="Remove what a killed run left behind: the qdiscs and nftables rules "
+                                "tokenpace created on an interface (--iface), and always the network namespaces, TUN "
+                                "links and processes of a killed lab, bench or test whose creator is gone "
+                                "(live/leftovers.py). Nothing else is touched.")
+    p.add_argument("--iface", help="remove tokenpace's qdiscs and nftables rules from this interface")
     p.add_argument("--netns", help="the interface lives in this network namespace")
     args = p.parse_args(argv)
     problems = Problems()
-    if args.netns is None:
+    if args.iface is None:
+        if args.netns is not None:
+            problems.add("--netns", "needs --iface (the interface in that namespace)")
+    elif args.netns is None:
         problems.iface("--iface", args.iface)
     elif not args.netns or "/" in args.netns or "\x00" in args.netns or args.netns in (".", "..") \
             or not Path("/run/netns", args.netns).exists():
@@ -352,9 +358,16 @@ def _start_cleanup(cfg: CleanupConfig) -> int:
     missing = environment_problems(root=True, tools=("tc", "ip"))
     if missing:
         raise BadInput.many(missing)
-    from live.faults import cleanup_main
+    from live.leftovers import remove_stale
 
-    return cleanup_main(cfg.iface, cfg.netns)
+    rc = 0
+    if cfg.iface is not None:
+        from live.faults import cleanup_main
+
+        rc = cleanup_main(cfg.iface, cfg.netns)
+    if not remove_stale() and cfg.iface is None:
+        print("nothing of tokenpace's left behind (no stale namespace or orphaned process)")
+    return rc
 
 
 # --------------------------------------------------------------------------- the load client

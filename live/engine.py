@@ -13,7 +13,10 @@ Streams leave within one step: before planning each step the engine asks every s
 ``alive()`` (the server wires it to "the client's transport is still open") and cancels the dead
 ones, exactly where the simulator drops a cancelled stream; a step already in flight may still
 make one token for it. The HTTP handler also cancels its sequence the moment aiohttp reports the
-connection lost.
+connection lost. The engine counts what leaving costs (``/metrics``, ``bench/soak.py``): tokens made
+for a sequence after its client was seen gone (``tokens_after_detach``: at most the one step in
+flight) and sequences that still got a token from a step *planned* after that (``zombie_streams``:
+generation that went on; 0 unless dropping departed clients is broken).
 
 Token text is deterministic pseudo-text: words from a small built-in vocabulary, drawn from a
 generator seeded by (seed, stream id).
@@ -27,11 +30,12 @@ import logging
 import random
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from scenarios.schema import ServerSpec
-from sim.node import RUNNING, Sequence, ServingNode
+from sim.node import FINISHED, RUNNING, Sequence, ServingNode
 from sim.workload import RNG_VICTIM, rng_for
 
 __all__ = ["VOCABULARY", "EngineLog", "LiveEngine", "LiveSequence", "NullLog", "TeeLog", "TextGenerator"]
@@ -113,7 +117,7 @@ class TeeLog(EngineLog):
 class LiveSequence(Sequence):
     """A node Sequence that knows whether its client is still there."""
 
-    __slots__ = ("alive", "detached_s", "generated_at_detach")
+    __slots__ = ("alive", "detached_s", "generated_at_detach", "zombie")
 
     def __init__(self, req_id: str, arrival_s: float, prompt_tokens: int, output_tokens: int,
                  on_token: Callable[[float, int], None], alive: Callable[[], bool] | None = None) -> None:
@@ -121,6 +125,7 @@ class LiveSequence(Sequence):
         self.alive: Callable[[], bool] = alive if alive is not None else (lambda: True)
         self.detached_s: float | None = None  # when the server first noticed the client was gone
         self.generated_at_detach: int | None = None
+        self.zombie = False  # got a token from a step planned after detached_s (LiveEngine counts it)
 
     def mark_detached(self, now: float) -> None:
         if self.detached_s is None:
@@ -142,26 +147,45 @@ class _Clock:
         generator.close()  # the SimPy step loop never runs; LiveEngine.run drives the node
 
 
+def _no_token(t_s: float, idx: int) -> None:
+    """A sequence that has left the engine makes no more tokens (stands in for its handler's callback)."""
+
+
+def _gone() -> bool:
+    return False
+
+
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the token engine stopped", exc_info=task.exception())
 
 
 class LiveEngine(ServingNode):
-    """sim.node.ServingNode driven by asyncio in real time. Call :meth:`start` inside a running loop."""
+    """sim.node.ServingNode driven by asyncio in real time. Call :meth:`start` inside a running loop.
+
+    A server runs for days, so nothing may pile up per request: a sequence that finishes or is
+    cancelled drops its callbacks at once (they hold the handler's connection, buffers, stream state
+    and text generator: kept, they grew the server by ~14 KB a stream in ``bench/soak.py``), and
+    ``all_seqs`` keeps the last ``keep_seqs`` sequences only (None: all of them, which a recording
+    needs for its request traces).
+    """
 
     def __init__(self, spec: ServerSpec | None = None, *, seed: int = 1, log: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, keep_seqs: int | None = None) -> None:
         self.clock = clock
         self.tee = TeeLog([log])
         super().__init__(_Clock(clock), spec or ServerSpec(),  # type: ignore[arg-type,call-arg]
                          rng_for(seed, RNG_VICTIM), self.tee)
+        if keep_seqs is not None:
+            self.all_seqs = deque(maxlen=keep_seqs)  # type: ignore[assignment]
         self.seed = seed
         self._event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.stepping = False  # a step is in flight
         self.last_step: tuple[float, int, int, float] | None = None  # (t, batch_size, batch_tokens, duration)
         self.tokens_generated = 0
+        self.tokens_after_detach = 0  # tokens made for sequences whose client was already seen gone
+        self.zombie_streams = 0  # sequences given a token by a step planned after their client left
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -199,6 +223,19 @@ class LiveEngine(ServingNode):
         return len(self.waiting) + len(self.running) + len(self.swapped)
 
     # ------------------------------------------------------------------ the step loop
+    @staticmethod
+    def _release(s: Sequence) -> None:
+        """``s`` has left (finished or cancelled): let go of its handler's callbacks."""
+        s.on_token = _no_token
+        if isinstance(s, LiveSequence):
+            s.alive = _gone
+
+    def _drop_cancelled(self, now: float) -> None:
+        dropped = [s for queue in (self.waiting, self.running, self.swapped) for s in queue if s.cancel_requested]
+        super()._drop_cancelled(now)
+        for s in dropped:
+            self._release(s)
+
     def _reap(self, now: float) -> bool:
         """Mark the sequences whose client is gone; True if there were any."""
         found = False
@@ -209,6 +246,17 @@ class LiveEngine(ServingNode):
                     s.cancel_requested = True
                     found = True
         return found
+
+    def _count_detached(self, s: Sequence, planned_s: float) -> None:
+        """A token was just made for ``s``: count it if its client was already gone. A departure seen
+        before the step was planned (``planned_s``) should have dropped ``s`` from it: a zombie."""
+        detached = getattr(s, "detached_s", None)
+        if detached is None:
+            return
+        self.tokens_after_detach += 1
+        if detached <= planned_s and not s.zombie:  # type: ignore[attr-defined]
+            s.zombie = True  # type: ignore[attr-defined]
+            self.zombie_streams += 1
 
     async def run(self) -> None:
         assert self._event is not None
@@ -222,6 +270,7 @@ class LiveEngine(ServingNode):
             if self._reap(now) or getattr(self, "_cancel_pending", True):
                 self._cancel_pending = False
                 self._drop_cancelled(now)
+            planned_s = now  # departures seen by now have been dropped above
             decodes, prefills = self._plan(now)
             if not decodes and not prefills:
                 prev_end = None
@@ -248,10 +297,16 @@ class LiveEngine(ServingNode):
             made = 0
             for s in prefills:
                 self._make_token(s, now)
+                self._count_detached(s, planned_s)
+                if s.state == FINISHED:
+                    self._release(s)
                 made += 1
             for s in decodes:
                 if s.state == RUNNING:
                     self._make_token(s, now)
+                    self._count_detached(s, planned_s)
+                    if s.state == FINISHED:
+                        self._release(s)
                     made += 1
             self.tokens_generated += made
             self.last_step = (now, len(decodes) + len(prefills), batch_tokens, duration)

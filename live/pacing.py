@@ -444,7 +444,7 @@ class PacingLoop:
         self.last_tick_s: float | None = None
         self._task: asyncio.Task[None] | None = None
         self.finished: list[PacedStream] = []  # recent ended streams, for tests and /hint (bounded)
-        self.keep_finished = 1000
+        self.keep_finished = 256  # each keeps its per-token times (~12 KB for 100 tokens)
         self._counter = 0
 
     # ------------------------------------------------------------------ registration
@@ -559,6 +559,12 @@ class PacingLoop:
             s.recorded = True
             if self.recorder is not None:
                 self.recorder.server_stream(s)
+        # kept for /hint only: let go of what a retired stream no longer uses (its controller's state;
+        # a closed connection's transport, which holds the handler and its buffers)
+        s.controller = None
+        if s.conn is not None and s.conn.closed:
+            s.conn.transport = None
+            s.conn.fd = None
         self.finished.append(s)
         if len(self.finished) > self.keep_finished:
             del self.finished[: len(self.finished) - self.keep_finished]

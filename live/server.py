@@ -11,7 +11,12 @@ Endpoints (aiohttp; binds 127.0.0.1 unless told otherwise):
   ``{"error": {"message", "type", "param", "code"}}``.
 * ``GET /hint`` — the seeds' host-wide hint ``{"token_rate", "sleep_seconds", "health", ...}``;
   ``GET /hint?stream=<id>`` the same for one connection's stream.
-* ``GET /metrics`` (Prometheus), ``GET /healthz``, ``GET /v1/models``.
+* ``GET /metrics`` (Prometheus), ``GET /healthz``, ``GET /v1/models``. Besides throughput and pacing,
+  /metrics says whether departed clients are really let go (what ``bench/soak.py`` checks):
+  ``tokenpace_tokens_after_disconnect_total`` (tokens made after the client was seen gone: the one
+  step in flight at most), ``tokenpace_zombie_streams_total`` (streams still decoded in a step planned
+  after that: must stay 0), ``tokenpace_orphaned_streams`` (streams still held whose connection is
+  closed) and ``tokenpace_http_connections`` (connections open now).
 
 Tokens come from the built-in :class:`live.engine.LiveEngine` (the simulator's serving model in
 real time) or, with ``upstream``, from an OpenAI-compatible server (:mod:`live.upstream`). Either
@@ -38,6 +43,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import controllers
@@ -70,6 +76,7 @@ __all__ = [
 log = logging.getLogger("tokenpace.live")
 STATE_KEY: web.AppKey[Any] = web.AppKey("tokenpace")  # -> LiveServer
 DISCONNECTS = (ConnectionResetError, ClientConnectionResetError, ConnectionError)
+KEEP_SEQS = 4096  # engine sequences kept for inspection when nothing records them (LiveEngine.keep_seqs)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -378,7 +385,9 @@ class LiveServer:
             self.upstream = UpstreamProxy(config.upstream, api_key=config.upstream_api_key,
                                           model=config.upstream_model, buffer_tokens=config.upstream_buffer_tokens)
         else:
-            self.engine = engine if engine is not None else LiveEngine(config.server, seed=config.seed, clock=clock)
+            self.engine = engine if engine is not None else LiveEngine(
+                config.server, seed=config.seed, clock=clock,
+                keep_seqs=None if self.recorder is not None else KEEP_SEQS)
             self.engine.tee.add(self.metrics)
             if self.recorder is not None:
                 self.engine.tee.add(self.recorder)
@@ -386,6 +395,20 @@ class LiveServer:
                                  recorder=self.recorder, metrics=self.metrics, ack_grace_s=config.ack_grace_s,
                                  tcp_congestion=config.tcp_congestion)
         self.started = False
+        self.http_server: web.Server | None = None  # set by running_server: its open connections
+        self.metrics.registry.register(_DepartureCollector(self))
+
+    def orphaned_streams(self) -> int:
+        """Streams still held whose client's connection is closed: engine sequences still queued or
+        running, and streamed responses not yet ended. Nonzero only for the instant between a
+        departure and the next step boundary (or the handler's next turn)."""
+        ids: set[str] = set()
+        if self.engine is not None:
+            for queue in (self.engine.waiting, self.engine.running, self.engine.swapped):
+                ids.update(q.req_id for q in queue if isinstance(q, LiveSequence) and not q.alive())
+        ids.update(sid for sid, ps in self.pacing.streams.items()
+                   if not ps.ended and ps.conn is not None and ps.conn.closed)
+        return len(ids)
 
     @property
     def mode(self) -> str:
@@ -518,8 +541,8 @@ class LiveServer:
                 if req.include_usage:
                     await resp.write(enc.usage(req.prompt_tokens, sent))
                 await resp.write(DONE)
+                outcome = "completed"  # every token and [DONE] are out: a client that closes now has it all
                 await resp.write_eof()
-                outcome = "completed"
         except DISCONNECTS:
             pass
         finally:
@@ -627,6 +650,31 @@ class LiveServer:
             {"id": self.config.model, "object": "model", "created": int(time.time()), "owned_by": "tokenpace"}]})
 
 
+class _DepartureCollector:
+    """/metrics families read at scrape time: what departed clients still cost (module doc)."""
+
+    def __init__(self, state: LiveServer) -> None:
+        self.state = state
+
+    def describe(self) -> list[Any]:
+        return []  # families are built at collect time (the registry need not call collect early)
+
+    def collect(self) -> list[Any]:
+        st = self.state
+        engine = st.engine
+        after = CounterMetricFamily("tokenpace_tokens_after_disconnect",
+                                    "tokens made for a stream after its client was seen gone (the step in flight)",
+                                    value=engine.tokens_after_detach if engine is not None else 0)
+        zombies = CounterMetricFamily("tokenpace_zombie_streams",
+                                      "streams decoded in a step planned after their client was seen gone",
+                                      value=engine.zombie_streams if engine is not None else 0)
+        orphaned = GaugeMetricFamily("tokenpace_orphaned_streams", "streams still held whose connection is closed",
+                                     value=st.orphaned_streams())
+        conns = GaugeMetricFamily("tokenpace_http_connections", "HTTP connections open (this scrape's included)",
+                                  value=len(st.http_server.connections) if st.http_server is not None else math.nan)
+        return [after, zombies, orphaned, conns]
+
+
 @web.middleware
 async def _errors(request: web.Request,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -712,6 +760,7 @@ async def running_server(config: LiveConfig, telemetry: TelemetryArg = None,
     app = make_app(config, None if factory is not None else telemetry, engine)  # type: ignore[arg-type]
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    app[STATE_KEY].http_server = runner.server
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
         await site.start()
