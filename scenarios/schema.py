@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scenarios.dists import Dist
 
@@ -20,6 +20,13 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------------- serving node
+class SchedulerSpec(_Model):
+    """``server.scheduler``: a policy by name (sim/model/schedulers/) and its parameters."""
+
+    name: str = Field("fcfs", description="scheduler name (fcfs: vLLM's first come first served)")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters (validated by the scheduler)")
+
+
 class ServerSpec(_Model):
     """Seed 002's serving node: step time d0 + d1 * batch_tokens, token budget B, KV memory M_total."""
 
@@ -30,6 +37,26 @@ class ServerSpec(_Model):
     max_running: int | None = Field(256, gt=0, description="most streams holding KV at once (vLLM max_num_seqs)")
     victim_policy: Literal["LIFO", "FIFO", "random"] = "LIFO"
     queue_policy: Literal["FCFS"] = "FCFS"
+    scheduler: SchedulerSpec = Field(
+        default_factory=SchedulerSpec,
+        description="who decodes, who is preempted, who is admitted each step; a name or {name, params}",
+    )
+    preemption: Literal["swap", "recompute"] = Field(
+        "swap", description="swap: KV goes to host memory and back; recompute: KV is dropped and prefilled again"
+    )
+    swap_gbps: float | None = Field(
+        None, gt=0, description="host link for swapping KV, gigabits per second (bits, as rate_mbps); "
+        "null: transfers are free and instantaneous"
+    )
+    kv_bytes_per_token: int = Field(
+        131_072, gt=0, description="KV cache bytes per token: 128 KiB is Llama-3-8B in fp16 (config.json: "
+        "32 layers x 8 KV heads x 128 head dim x 2 (K and V) x 2 bytes)"
+    )
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
 
 # --------------------------------------------------------------------------- workload and readers

@@ -26,6 +26,7 @@ from scenarios import LoadedScenario, ScenarioError, builtin_scenarios, json_sch
 from scenarios.cli_errors import DEBUG_ENV, BadInput, run_cli
 from scenarios.loader import MAX_INT, find_scenario, key_text
 from scenarios.traces import TraceError
+from sim.model import schedulers
 
 PROG = "python -m sim"
 EPILOG = (
@@ -131,6 +132,15 @@ def _controller_problems(loaded: LoadedScenario, file: Path, names: list[str] | 
     return [(f"{file}: {key}", msg) for key, msg in problems]
 
 
+def _scheduler_problems(loaded: LoadedScenario, file: Path) -> list[tuple[str, str]]:
+    """server.scheduler: a known name, with valid parameters (as a controller's)."""
+    spec = loaded.scenario.server.scheduler
+    if spec.name not in schedulers.REGISTRY:
+        return [(f"{file}: server.scheduler.name", str(schedulers.UnknownScheduler(spec.name)))]
+    return [(f"{file}: server.scheduler.params.{key_text(key)}", msg)
+            for key, msg in schedulers.validate_params(spec.name, spec.params)]
+
+
 def _out_problems(out: Path, flag: bool, create: bool) -> list[tuple[str, str]]:
     """The results folder: not a file, creatable, writable. ``create`` makes it (a run would anyway)."""
     where = "--out" if flag else f"{out} (the default results folder; choose another with --out)"
@@ -158,6 +168,7 @@ def _load(scenario: str, names: list[str] | None, problems: list[tuple[str, str]
         problems.extend(exc.problems)
         return None
     problems.extend(_controller_problems(loaded, find_scenario(scenario), names))
+    problems.extend(_scheduler_problems(loaded, find_scenario(scenario)))
     return loaded
 
 

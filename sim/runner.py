@@ -37,6 +37,7 @@ from analysis.metrics import summarize_run
 from analysis.results import to_jsonable
 from scenarios import LoadedScenario, ScenarioError, load_scenario
 from scenarios.cli_errors import BadInput
+from sim.model import schedulers
 from sim.record import (
     COMPLETE,
     INTERRUPTED,
@@ -74,6 +75,11 @@ def make_plan(scenario: str | Path, out: Path | None, names: list[str] | None, s
         for key, msg in controllers.validate_params(name, params):
             raise ScenarioError(loaded.path, f"controllers.{name}.{key}", msg)
         chosen[name] = params
+    sched = scn.server.scheduler
+    if sched.name not in schedulers.REGISTRY:
+        raise ScenarioError(loaded.path, "server.scheduler.name", str(schedulers.UnknownScheduler(sched.name)))
+    for key, msg in schedulers.validate_params(sched.name, sched.params):
+        raise ScenarioError(loaded.path, f"server.scheduler.params.{key}", msg)
     seed = scn.seed if seed is None else seed
     return Plan(loaded, chosen, seed, out or Path("results") / scn.name)
 

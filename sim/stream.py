@@ -131,7 +131,9 @@ class SimStream:
     def control(self, t_s: float) -> Observation:
         """Observe, decide, apply: one control interval."""
         obs = self.observe(t_s)
-        rate = self.controller.decide(obs).rate_tps
+        decision = self.controller.decide(obs)
+        self.node.observe(self.req.stream_id, obs, decision)  # for the scheduler
+        rate = decision.rate_tps
         if rate != self.rate_tps:
             self.rate_tps = rate
             self.seq.set_rate(t_s, rate)

@@ -1,0 +1,64 @@
+"""The scheduler contract: at each step of the node, who decodes, who is preempted, who is admitted.
+
+A scheduler is a policy over the :class:`~sim.model.serving.ServingCore`'s state; the core holds the
+mechanisms (memory accounting, the cost of a preemption, pacing credit, the log). Each step the
+core calls ``schedule(core, now)`` and the scheduler answers with three lists:
+
+* ``decodes``: running streams that make one token this step (each grows its KV by one token);
+* ``prefills``: waiting requests it admitted with ``core.admit(s, now)`` (their prompt is in the batch);
+* ``recomputes``: preempted streams it resumed with ``core.resume(s, now)`` that came back as
+  ``"recompute"`` (their prompt and generated tokens are in the batch).
+
+Along the way it may ``core.preempt(s, now, reason)`` running streams (swap-out or drop, per
+``server.preemption``) and ``core.resume(s, now)`` preempted ones (``"ready"``: may decode now;
+``"transfer"``: its KV is on the host link until ``s.resume_s``). What it can see:
+
+* every stream's lists and sizes: ``core.waiting``, ``core.running``, ``core.incoming``, ``core.swapped``,
+  ``s.kv_tokens``, ``core.kv_used`` against ``core.spec.kv_tokens``, the budget ``core.spec.batch_tokens``;
+* pacing: ``s.rate_tps`` and ``s.credit`` (``s.eligible(now)``, ``s.ready_at(now)``);
+* each stream's latest Observation and its controller's Decision: ``core.observation(s.req_id)``
+  (the driver hands them over each control interval when ``uses_observations`` is set);
+* what a preemption costs: ``core.resume_tokens(s)`` (batch tokens of a recompute),
+  ``s.kv_tokens * core.spec.kv_bytes_per_token`` over ``core.swap_bytes_per_s`` after
+  ``core.link_free_s`` (a swap).
+
+That is enough for a knapsack over streams valued per KV token (Andes: value each stream's QoE
+gain over a horizon from its Observation, divide by ``s.kv_tokens``, keep the best within
+``spec.kv_tokens`` and preempt the rest) and for a buffer-aware policy (TokenFlow, tokenpace:
+preempt the stream whose client buffer, ``obs.client_buffer_est`` or acked tokens, covers a swap's
+round trip). Schedulers never read a clock.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from controllers.base import Params as _ParamsBase
+
+if TYPE_CHECKING:
+    from sim.model.serving import Sequence, ServingCore
+
+
+class Params(_ParamsBase):
+    """Base of every scheduler's parameters: validated from ``server.scheduler.params``, unknown keys rejected."""
+
+
+class Scheduler(ABC):
+    """One scheduling policy. Subclasses set ``name``, ``label`` and ``Params`` and implement ``schedule``."""
+
+    name: ClassVar[str]
+    label: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    uses_observations: ClassVar[bool] = False  # the driver hands over Observations/Decisions only if set
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any] | None) -> Scheduler:
+        return cls(cls.Params.model_validate(params or {}))
+
+    @abstractmethod
+    def schedule(self, core: ServingCore, now: float) -> tuple[list[Sequence], list[Sequence], list[Sequence]]:
+        """This step's (decodes, prefills, recomputes); preempt / resume / admit through the core."""

@@ -1,0 +1,92 @@
+"""``fcfs``: vLLM's scheduler, as seed 002 models it -- RUNNING > SWAPPED > WAITING, first come first served.
+
+Running streams the pacer allows decode in order of entering RUNNING (up to the budget); when their
+growth would overflow KV memory, victims are preempted by ``server.victim_policy`` (LIFO / FIFO /
+random) until it fits. Preempted streams come back oldest first while memory allows (never in a step
+that had to preempt), and waiting requests are admitted first come first served only when nobody is
+preempted. Observations and decisions are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sim.model.schedulers.base import Scheduler
+from sim.model.serving import _READY, CREDIT_CAP_TOKENS
+
+if TYPE_CHECKING:
+    from sim.model.serving import Sequence, ServingCore
+
+
+class Fcfs(Scheduler):
+    name = "fcfs"
+    label = "FCFS (vLLM)"
+
+    def _pick_victim(self, core: ServingCore) -> Sequence:
+        policy = core.spec.victim_policy
+        running = core.running
+        if policy == "LIFO":
+            return max(reversed(running), key=lambda s: s.enter_running_s)  # ties: the last to enter
+        if policy == "FIFO":
+            return min(running, key=lambda s: s.enter_running_s)
+        return running[int(core.rng.integers(len(running)))]
+
+    def schedule(self, core: ServingCore, now: float) -> tuple[list[Sequence], list[Sequence], list[Sequence]]:
+        spec = core.spec
+        budget = spec.batch_tokens
+        max_running = spec.max_running or 1 << 30
+        kv_total = spec.kv_tokens
+        running, swapped, waiting, incoming = core.running, core.swapped, core.waiting, core.incoming
+        # 1. running streams the pacer allows, in FCFS order; each grows KV by one token.
+        # Sequence.eligible(), inlined: this visits every running stream every step. Credit accrues at
+        # every visit, as eligible() does, so the arithmetic (and every result) is the same.
+        decodes = []
+        for s in running:
+            rate = s.rate_tps
+            if rate is not None:
+                if now > s.credit_t:
+                    credit = s.credit + rate * (now - s.credit_t)
+                    s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
+                s.credit_t = now
+                if not s.credit >= _READY:
+                    continue
+            decodes.append(s)
+        del decodes[budget:]
+        preempted = False
+        while decodes and core.kv_used + len(decodes) > kv_total:
+            victim = self._pick_victim(core)
+            core.preempt(victim, now, f"kv {core.kv_used}+{len(decodes)} > {kv_total}")
+            preempted = True
+            if victim in decodes:
+                decodes.remove(victim)
+        budget -= len(decodes)
+        # 2. bring preempted streams back, oldest first, while memory allows (never in a step that had to
+        # preempt); a recomputation needs its prompt and generated tokens in the budget
+        recomputes: list[Sequence] = []
+        while (not preempted and swapped and len(running) + len(incoming) < max_running
+               and core.kv_used + len(decodes) + len(recomputes) + swapped[0].kv_tokens + 1 <= kv_total):
+            s = swapped[0]
+            cost = core.resume_tokens(s)
+            if cost and cost > budget and (decodes or recomputes):  # larger than B: runs alone
+                break
+            kind = core.resume(s, now)
+            if kind == "recompute":
+                recomputes.append(s)
+                budget -= cost
+            elif kind == "ready" and budget > 0 and s.eligible(now):
+                decodes.append(s)
+                budget -= 1
+        # 3. admit waiting requests FCFS: prefill needs its prompt in the budget and in memory
+        prefills: list[Sequence] = []
+        while waiting and not swapped and len(running) + len(incoming) < max_running:
+            s = waiting[0]
+            alone = not decodes and not prefills and not recomputes  # a prompt larger than B still runs, alone
+            # kv_used already holds admitted prompts; each decode and prefill adds one token this step
+            if core.kv_used + len(decodes) + len(prefills) + len(recomputes) + s.prompt_tokens + 1 > kv_total:
+                break
+            if s.prompt_tokens > budget and not alone:
+                break
+            core.admit(s, now)
+            budget -= s.prompt_tokens
+            prefills.append(s)
+        return decodes, prefills, recomputes
