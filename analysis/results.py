@@ -180,7 +180,7 @@ TEXT_COLUMNS: frozenset[str] = frozenset(
     {"stream_id", "path", "outcome", "event_type", "req_id", "details", "reason", "batch_id"}
 )
 OUTCOMES: tuple[str, ...] = ("completed", "abandoned", "cancelled")
-EVENT_TYPES: tuple[str, ...] = ("arrive", "admit", "swap_out", "swap_in", "complete", "cancel")
+EVENT_TYPES: tuple[str, ...] = ("arrive", "admit", "swap_out", "swap_in", "preempt", "recompute", "complete", "cancel")
 
 
 class ResultsFormatError(ValueError):
