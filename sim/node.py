@@ -110,6 +110,10 @@ class ServingNode:
     def all_seqs(self) -> list[Sequence]:
         return self.core.all_seqs
 
+    @all_seqs.setter
+    def all_seqs(self, seqs: list[Sequence]) -> None:  # the live engine bounds it with a deque
+        self.core.all_seqs = seqs
+
     @property
     def kv_used(self) -> int:
         return self.core.kv_used
