@@ -27,6 +27,7 @@ import errno
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,14 +277,33 @@ def _start_serve(cfg: ServeConfig) -> int:
     from live.server import serve
     from sim.record import sigterm_as_ctrl_c
 
+    player: FaultPlayer | None = None
+
+    def start_faults(server: Any) -> None:
+        """Time 0 of the faults = time 0 of the recording = now: the server is listening and its
+        telemetry is up (``serve`` calls this then), so a fault at 0.5 s meets a serving server."""
+        if player is None:
+            return
+        t0 = time.monotonic()
+        server.state.start_faults_at(t0)
+        player.t0_s = t0
+        try:
+            player.start()
+        except (RuntimeError, OSError, UnsupportedFault) as exc:
+            raise BadInput("--iface", f"cannot shape {cfg.iface}: {exc}") from exc
+        print(f"[faults] time 0 at monotonic {player.t0_s:.6f} (the recording's: {server.state.t0:.6f})",
+              flush=True)
+
     try:
         with sigterm_as_ctrl_c(), ExitStack() as stack:  # SIGTERM stops it as Ctrl-C does: files closed
             if cfg.shapes:
+                # the slow part (backend, the tc-bpf dropper's compile) now; time 0 once serving
                 try:
-                    stack.enter_context(FaultPlayer(cfg.iface, cfg.faults, base=cfg.base))
+                    player = FaultPlayer(cfg.iface, cfg.faults, base=cfg.base).prepare()
                 except (RuntimeError, OSError, UnsupportedFault) as exc:
                     raise BadInput("--iface", f"cannot shape {cfg.iface}: {exc}") from exc
-            asyncio.run(serve(config, telemetry))
+                stack.push(player)  # stopped (everything it made removed) on the way out
+            asyncio.run(serve(config, telemetry, ready=start_faults))
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         if config.record_dir is not None:

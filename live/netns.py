@@ -9,7 +9,8 @@ Three ways to do something inside a namespace:
 
 * ``pair.run("a", ["tc", "qdisc", "show"])`` — a command, via ``nsenter --net`` (the mount namespace
   is kept, so ``/sys/fs/bpf`` and ``/run/tokenpace`` stay visible — ``ip netns exec`` hides them);
-* ``pair.popen("b", [...])`` — a long-running process (iperf3), killed by its process group later;
+* ``pair.popen("b", [...])`` — a long-running process (iperf3), killed by its process group later
+  (and sent SIGTERM by the kernel if this process dies first);
 * ``with in_netns(pair.ns_a): socket.socket(...)`` — the calling *thread* enters the namespace, so
   sockets it creates live there and keep working after it returns (Python 3.11 has no ``os.setns``:
   libc's ``setns`` through ctypes).
@@ -27,14 +28,15 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["NETNS_DIR", "VethPair", "in_netns", "netns_cmd", "run", "veth_pair"]
+__all__ = ["NETNS_DIR", "VethPair", "die_with_parent", "in_netns", "netns_cmd", "run", "veth_pair"]
 
 NETNS_DIR = "/run/netns"  # where `ip netns add` puts the namespace handles
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 _counter = itertools.count()  # distinct /30s and names within one process (namespaces are cheap)
 
 Side = Literal["a", "b"]
@@ -59,6 +61,27 @@ def run(argv: Sequence[str], *, ns: str | None = None, check: bool = True, timeo
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get ``sig`` when its parent dies (``PR_SET_PDEATHSIG``).
+
+    The setting survives ``execve`` (except of set-uid programs), so it reaches the real command
+    through ``nsenter`` / ``ip netns exec``, which exec it; it is not inherited by the child's own
+    children. It fires when the *thread* that forked the child exits, not only the process: fork
+    long-lived children from the main thread. A parent that died before the ``prctl`` (the child
+    then has a new parent already) is caught by comparing ``getppid`` with the forker's pid.
+    libc is loaded here, before the fork: the child only makes one call."""
+    prctl = _libc().prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, int(sig)) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 @contextlib.contextmanager
@@ -108,9 +131,13 @@ class VethPair:
         return run(argv, ns=self.ns(side), check=check, timeout_s=timeout_s)
 
     def popen(self, side: Side, argv: Sequence[str], **kw: object) -> subprocess.Popen[str]:
-        """A background process in namespace ``side``, in its own process group (see ``stop``)."""
+        """A background process in namespace ``side``, in its own process group (see ``stop``). It gets
+        SIGTERM when the calling thread's process dies (:func:`die_with_parent`): a SIGKILLed lab must
+        not leave its server serving in a namespace until its ``--duration`` ends. Call it from the
+        main thread: the kernel's "parent died" is the *thread* that forked it exiting."""
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("preexec_fn", die_with_parent())
         return subprocess.Popen(netns_cmd(self.ns(side), argv), text=True, start_new_session=True, **kw)  # type: ignore[call-overload,no-any-return]
 
     @staticmethod

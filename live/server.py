@@ -371,6 +371,7 @@ class LiveServer:
         self.config = config
         self.clock = clock
         self.t0 = clock()
+        self.faults_t0: float | None = None  # monotonic time 0 of a fault timeline played with this run
         self.source: TelemetrySource = telemetry if telemetry is not None else NullTelemetry()
         self.metrics = LiveMetrics()
         self.recorder: LiveRecorder | None = None
@@ -440,7 +441,9 @@ class LiveServer:
                        scenario=cfg.scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
                        seed=cfg.seed, live={"t0_monotonic": self.t0, "boot_id": boot_id(), "iface": cfg.iface,
                                             "fault": cfg.fault, "upstream": cfg.upstream, "host": cfg.host,
-                                            "server_mode": self.mode})
+                                            "server_mode": self.mode,
+                                            **({"faults_t0_s": round(self.faults_t0 - self.t0, 6)}
+                                               if self.faults_t0 is not None else {})})
 
     def rebase_epoch(self, t0_monotonic: float) -> bool:
         """Make ``t0_monotonic`` time 0 of the recording (the lab: the moment its load and its fault
@@ -452,6 +455,16 @@ class LiveServer:
         self.t0 = float(t0_monotonic)
         self._write_run_json()
         return True
+
+    def start_faults_at(self, t0_monotonic: float) -> bool:
+        """A fault timeline starts at ``t0_monotonic``: make it the recording's time 0 too (when no
+        stream has started yet) and note it in run.json as ``live.faults_t0_s``, relative to the
+        recording's time 0 (0 when they agree). Returns whether the epoch moved to it."""
+        self.faults_t0 = float(t0_monotonic)
+        moved = self.rebase_epoch(t0_monotonic)
+        if not moved:
+            self._write_run_json()
+        return moved
 
     def replace_source(self, source: TelemetrySource) -> None:
         """Swap the telemetry source (the previous one is closed; the new one started if we run)."""

@@ -98,7 +98,7 @@ from typing import Any
 
 import numpy as np
 
-from live.netns import NETNS_DIR, VethPair, run
+from live.netns import NETNS_DIR, VethPair, die_with_parent, run
 from sim.link import Capacity, ConstantCapacity, LossModel
 
 __all__ = [
@@ -1107,8 +1107,9 @@ def tun_pair(spec: Any, faults: Sequence[Any] = (), base_dir: str | Path = ".", 
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # its own session: a Ctrl-C at the terminal reaches the caller, which then stops the link in order
+        # ... and SIGTERM when the caller dies (as well as the EOF on its stdin): it cleans up at once
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=die_with_parent())
         link = LinkProcess(proc)
         info = link.wait_ready(ready_timeout_s)
         yield TunPair(ns_a=info["ns_a"], ns_b=info["ns_b"], if_a=info["if_a"], if_b=info["if_b"],
