@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.results import REQUIRED_FILES, RESULTS_FOLDER_HOLDS, ResultsFormatError, Run, load_run
-from scenarios.cli_errors import EXIT_BAD_INPUT, EXIT_OK, BadInput, run_cli
+from scenarios.cli_errors import EXIT_BAD_INPUT, EXIT_OK, BadInput, printable, run_cli
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -155,7 +155,7 @@ def _console(stderr: bool = False) -> Console:
 
 def _warn(lines: Sequence[str]) -> None:
     for line in lines:
-        print(f"warning: {line}", file=sys.stderr)
+        print(f"warning: {printable(line)}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- checking paths

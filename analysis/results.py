@@ -833,8 +833,9 @@ def _folder_name(run_json: Path, key: str, value: object) -> str:
     """A controller name from run.json: it names a folder inside the run, so nothing that leaves it."""
     if not isinstance(value, str):
         raise ResultsFormatError(run_json, f"expected a controller name (text), got {_json_kind(value)}", key=key)
-    if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
-        raise ResultsFormatError(run_json, f"{value!r} is not a controller folder name", key=key)
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0") or not value.isprintable():
+        raise ResultsFormatError(run_json, f"{value!r} is not a controller folder name",
+                                 key=key if key.isprintable() else repr(key))
     return value
 
 

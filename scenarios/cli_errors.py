@@ -28,6 +28,7 @@ __all__ = [
     "EXIT_OK",
     "BadInput",
     "debug_requested",
+    "printable",
     "run_cli",
 ]
 
@@ -63,6 +64,15 @@ class BadInput(ValueError):
         return str(self).splitlines() or [type(self).__name__]
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (``\\x1e``), so that one problem stays
+    one line: a name read from a file may hold a line or record separator, which ``splitlines`` and a
+    terminal would break the line at."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def debug_requested(argv: Sequence[str] = ()) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
@@ -87,7 +97,7 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None, prog: 
     except (BadInput, *bad_input) as exc:
         lines = exc.lines() if isinstance(exc, BadInput) else (str(exc).splitlines() or [type(exc).__name__])
         for line in lines:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {printable(line)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

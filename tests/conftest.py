@@ -23,8 +23,18 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
+from hypothesis import settings
 
 REQUIRE_ENV = "TOKENPACE_REQUIRE_LIVE"
+
+# Property tests draw the same examples on every run of the suite (derandomize): a CI run judges the
+# code, not the luck of a seed, so a failure is reproducible and a pass is not a coin flip. To hunt
+# for new failures, explore with fresh random examples: TOKENPACE_FUZZ=explore (as many runs as you
+# like); a failure found there becomes a fix (and an explicit example) before it lands.
+FUZZ_ENV = "TOKENPACE_FUZZ"
+settings.register_profile("suite", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("explore" if os.environ.get(FUZZ_ENV) == "explore" else "suite")
 
 
 @functools.cache
