@@ -72,7 +72,7 @@ def _check_parser() -> argparse.ArgumentParser:
 
 
 def _shown(text: str, limit: int = 40) -> str:
-    shown = text if text and text.strip() == text and text.isprintable() else repr(text)
+    shown = key_text(text)  # as the loader prints a key: itself, or its repr when it would break the line
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
