@@ -41,7 +41,7 @@ class SimStream:
     )
 
     def __init__(self, req: Request, bytes_per_token: int, node: ServingNode, path: PathRuntime,
-                 controller: Controller, on_end: Callable[[SimStream], None]) -> None:
+                 controller: Controller, on_end: Callable[[SimStream], None], ttft_expected_s: float = 1.0) -> None:
         env = node.env
         self._env = env
         self.req = req
@@ -69,7 +69,8 @@ class SimStream:
         self.reader = Reader(env, req.arrival_s, n, req.reading_tps, req.patience_s, req.first_token_patience_s, end,
                              bytes_per_token=bytes_per_token)
         self.conn.on_delivered = self.reader.on_bytes  # in-order bytes go straight to the reader
-        self.seq = Sequence(req.stream_id, req.arrival_s, req.prompt_tokens, n, self._on_token)
+        self.seq = Sequence(req.stream_id, req.arrival_s, req.prompt_tokens, n, self._on_token, req.reading_tps,
+                            ttft_expected_s)
         # The client connects at its arrival; the request reaches the node with the handshake's last
         # ACK, and that is the node's arrival time (as in live mode, where the HTTP handler submits it).
         def request_arrived() -> None:

@@ -108,7 +108,7 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
                 controller = controllers.make(name, params)
                 if controller.needs_oracle:
                     controller.attach_oracle(SimOracleView(req, knowledge[req.path], bpt))
-                s = SimStream(req, bpt, node, paths[req.path], controller, on_end)
+                s = SimStream(req, bpt, node, paths[req.path], controller, on_end, scn.clients.ttft_expected_s)
                 active.append(s)
                 all_streams.append(s)
 

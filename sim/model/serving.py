@@ -127,22 +127,27 @@ class Sequence(PacingCredit):
         "arrival_s",
         "cancel_requested",
         "done_s",
+        "due_s",
         "enter_running_s",
         "exec_s",
         "first_running_s",
+        "first_token_s",
         "generated",
         "on_token",
         "output_tokens",
         "prompt_tokens",
+        "reading_tps",
         "req_id",
         "resume_s",
         "running_since_s",
         "state",
         "swap_count",
+        "ttft_expected_s",
     )
 
     def __init__(self, req_id: str, arrival_s: float, prompt_tokens: int, output_tokens: int,
-                 on_token: Callable[[float, int], None]) -> None:
+                 on_token: Callable[[float, int], None], reading_tps: float | None = None,
+                 ttft_expected_s: float = 1.0) -> None:
         PacingCredit.__init__(self, arrival_s)
         self.req_id = req_id
         self.arrival_s = arrival_s
@@ -159,10 +164,29 @@ class Sequence(PacingCredit):
         self.done_s: float | None = None
         self.cancel_requested = False
         self.resume_s = 0.0  # SWAPPING_IN: when its KV is back on the GPU
+        # What the server is told about the reader (the request's hint), for network-blind schedulers
+        # (Andes, TokenFlow): its pace and the TTFT it expects. None: not told.
+        self.reading_tps = reading_tps
+        self.ttft_expected_s = ttft_expected_s
+        self.first_token_s: float | None = None  # when the node made token 0
+        # Read on schedule: when a reader at ``reading_tps`` who got every token the moment it was made
+        # would put the last made token on screen (token i: max(made_i, due_{i-1} + 1/reading_tps)).
+        self.due_s = 0.0
 
     @property
     def kv_tokens(self) -> int:
         return self.prompt_tokens + self.generated
+
+    def scheduled_buffer_s(self, now: float) -> float:
+        """Seconds of reading the client holds if it got every token when made and reads on schedule:
+        generated minus read-on-schedule, as Andes and TokenFlow estimate it (blind to the network).
+        0 before the first token or without a reading pace."""
+        return self.due_s - now if self.due_s > now else 0.0
+
+    def scheduled_buffer_tokens(self, now: float) -> float:
+        """:meth:`scheduled_buffer_s` in tokens (times ``reading_tps``)."""
+        r = self.reading_tps
+        return (self.due_s - now) * r if r and self.due_s > now else 0.0
 
 
 _Seqs = tuple["Sequence", ...] | list["Sequence"]
@@ -410,6 +434,12 @@ class ServingCore:
 
     def _make_token(self, s: Sequence, now: float) -> None:
         idx = s.generated
+        if idx == 0:
+            s.first_token_s = now
+            s.due_s = now
+        elif s.reading_tps:
+            due = s.due_s + 1.0 / s.reading_tps
+            s.due_s = due if due > now else now
         s.generated += 1
         self.kv_used += 1
         if s.generated >= s.output_tokens:
