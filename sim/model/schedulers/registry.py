@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
+import sim.model.schedulers as _package
 from sim.model.schedulers.base import Scheduler
-from sim.model.schedulers.fcfs import Fcfs
 
-REGISTRY: dict[str, type[Scheduler]] = {cls.name: cls for cls in (Fcfs,)}
+
+def _discover() -> dict[str, type[Scheduler]]:
+    """Every Scheduler subclass defined in a module of this package (one module per policy)."""
+    found: dict[str, type[Scheduler]] = {}
+    for info in sorted(pkgutil.iter_modules(_package.__path__), key=lambda m: m.name):
+        if info.name in ("base", "registry") or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{_package.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, Scheduler) and obj.__module__ == module.__name__
+                    and getattr(obj, "name", None)):
+                found[obj.name] = obj
+    return dict(sorted(found.items()))
+
+
+REGISTRY: dict[str, type[Scheduler]] = _discover()
 
 
 class UnknownScheduler(KeyError):
