@@ -411,6 +411,18 @@ class ServingCore:
         self.log.memory(now, "swap_in", s.req_id, before, self.kv_used, "memory freed")
         return "transfer"
 
+    def memory_short(self) -> bool:
+        """Does a request wait for memory now? Some stream is preempted, or the first waiting request's
+        prompt does not fit in KV memory (or in ``max_running``) beside the streams holding it."""
+        if self.swapped or self.incoming:
+            return True
+        if not self.waiting:
+            return False
+        spec = self.spec
+        if spec.max_running and len(self.running) >= spec.max_running:
+            return True
+        return self.kv_used + self.waiting[0].prompt_tokens + 1 > spec.kv_tokens
+
     def observation(self, req_id: str) -> tuple[Observation, Decision] | None:
         """The stream's latest (Observation, Decision), if the driver handed one over."""
         return self.observations.get(req_id)
@@ -448,6 +460,7 @@ class ServingCore:
             s.done_s = now
             self.kv_used -= s.kv_tokens
             self.completed += 1
+            self.observations.pop(s.req_id, None)
             self.log.event(now, "complete", s.req_id, f"tokens={s.generated}")
         s.on_token(now, idx)
 
@@ -468,6 +481,7 @@ class ServingCore:
                         self.kv_used -= s.kv_tokens
                 s.state = CANCELLED
                 s.done_s = now
+                self.observations.pop(s.req_id, None)
                 self.log.event(now, "cancel", s.req_id, f"generated={s.generated}")
 
     def _enter_running(self, s: Sequence, now: float) -> None:

@@ -51,6 +51,9 @@ class Scheduler(ABC):
     label: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
     uses_observations: ClassVar[bool] = False  # the driver hands over Observations/Decisions only if set
+    # Does the policy take memory from a stream that is ahead of its reader (so a paced stream does not hold
+    # KV memory a waiting request needs)? fcfs does not: there, pacing a stream keeps its memory longer.
+    frees_paced_memory: ClassVar[bool] = False
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else self.Params()
