@@ -190,7 +190,9 @@ def test_tokenpace_preempts_the_paced_stream_whose_acked_buffer_covers_not_the_s
     tp.run()
     assert preempted(tf)[0] == (4.0, "B", "buffer 10.625s beyond its round trip; room for C")
     assert preempted(tp)[0] == (4.0, "A", "buffer 2.875s beyond its round trip; room for C")
-    rank, slack = tp.core.scheduler.assess(tp.core, tp.core.by_id["B"], 4.0, 1.0)  # its last observation's view
+    # its last observation's view (the core forgets a finished stream's observation: hand it back)
+    tp.core.observe("B", obs(3.875, "B", 6, 31, 0.5, 25 * 256, 2.0), Decision(None))
+    rank, slack = tp.core.scheduler.assess(tp.core, tp.core.by_id["B"], 4.0, 1.0)
     assert rank == 2 and slack == pytest.approx((0.5 + 1 / 0.875 * 1.125) / 2 - 1.125)  # -0.23
     for d in (tf, tp):
         assert d.tokens["C"][0] == 4.125 and d.core.kv_used == 0
