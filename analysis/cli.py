@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_COMMAND", "SUBCOMMANDS", "build_parser", "main"]
 PROG = "python -m analysis"
 DEFAULT_COMMAND = "report"
 #: a first argument that is none of these is a results folder for the default command.
-SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train")
+SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train", "capacity")
 PROGRESS_MIN_CONTROLLERS = 3  # show a progress bar while plotting from this many controllers
 
 
@@ -120,6 +120,25 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_cmd_train)
 
 
+def _add_capacity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "capacity",
+        help="the figure and table of a capacity search (python -m sim capacity)",
+        description="Draw DIR/plots/capacity.png from DIR/capacity.csv -- mean QoE, P99 TTFT and effective "
+        "throughput against the request rate, one line per scheduler x controller, each pair's capacity "
+        "marked (Andes' figure) -- and print the largest sustainable rate per pair from DIR/capacity.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            DIR is the folder `python -m sim capacity` wrote (capacity.csv, capacity.json, run.json).
+            exit codes: 0 done; 2 bad input (no capacity.csv, a malformed row or capacity.json, named on
+            stderr); 1 internal error (rerun with --debug)."""),
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="folder written by python -m sim capacity")
+    p.add_argument("--no-plots", action="store_true", help="print the table only")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    p.set_defaults(func=_cmd_capacity)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -131,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
               python -m analysis report DIR [--no-plots]
               python -m analysis compare SIM_DIR LIVE_DIR [--out DIR] [--no-plots]
               python -m analysis train INPUT [--out DIR] [--contamination 0.15] [--estimators 200] ...
+              python -m analysis capacity DIR [--no-plots]    a capacity search's figure and table
 
             DIR holds run.json and one folder per controller with streams.csv and tokens.csv
             (plus telemetry.csv, server.csv, request_traces.csv, events.csv, links.csv when
@@ -141,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_compare(sub)
     _add_train(sub)
+    _add_capacity(sub)
     return parser
 
 
@@ -337,6 +358,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out.print(format_metrics(result.metrics))
     for name, path in result.files.items():
         out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from analysis.capacity import (
+        CAPACITY_CSV,
+        CAPACITY_JSON,
+        capacity_table,
+        plot_capacity,
+        read_capacity_csv,
+        read_capacity_json,
+    )
+    from analysis.results import read_json
+
+    where = f"DIR {args.dir}"
+    st = _stat(where, args.dir)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        problem = "no such folder" if st is None else "is a file, not a folder"
+        raise BadInput(where, f"{problem} (give the folder `python -m sim capacity` wrote: capacity.csv, ...)")
+    if not (args.dir / CAPACITY_CSV).exists():
+        raise BadInput(where, f"no {CAPACITY_CSV}: not a capacity search's folder (python -m sim capacity writes one)")
+    rows = read_capacity_csv(args.dir / CAPACITY_CSV)
+    info = read_capacity_json(args.dir / CAPACITY_JSON) if (args.dir / CAPACITY_JSON).exists() else None
+    out = _console()
+    if info is None:
+        _warn([f"{args.dir / CAPACITY_JSON}: missing (the search was killed before its first rate was "
+               "evaluated): no table, the figure has no capacities"])
+    else:
+        out.print(capacity_table(info))
+    if not args.no_plots:
+        if not rows:
+            _warn([f"{args.dir / CAPACITY_CSV}: no probes yet: no figure"])
+        else:
+            colors = {}
+            if (args.dir / "run.json").is_file():
+                ctrl_info = read_json(args.dir / "run.json").get("controller_info")
+                if isinstance(ctrl_info, dict):
+                    colors = {n: e.get("color") for n, e in ctrl_info.items() if isinstance(e, dict)}
+            figure = plot_capacity(rows, info, args.dir / "plots", colors)
+            out.print(f"figure: {figure}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -58,12 +58,16 @@ __all__ = [
     "METRIC_KEYS",
     "QOE_TIE",
     "TABLE_COLUMNS",
+    "TIE_RULE",
     "WASTE_TIE",
     "StreamMetrics",
     "TableColumn",
+    "best_text",
     "format_table",
     "format_value",
     "rank_controllers",
+    "rank_labels",
+    "ranking_text",
     "stream_intervals",
     "stream_metrics",
     "stream_tokens",
@@ -382,6 +386,40 @@ def tied_best(summary: Mapping[str, Any], *, qoe_tie: float = QOE_TIE, waste_tie
     return out
 
 
+TIE_RULE = f"QoE within {QOE_TIE:g} and waste within {100 * WASTE_TIE:g} points"  # how a tie is said
+
+
+def rank_labels(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(rank as shown, name) in :func:`rank_controllers`' order: ``"=1"`` for each controller of
+    :func:`tied_best` when it holds more than one (which of them comes first is noise), else the
+    position. Only the display differs from the ranking; its order is kept."""
+    ctrls: Mapping[str, Mapping[str, Any]] = summary.get("controllers", summary)
+    tied = set(tied_best(ctrls))
+    return [("=1" if len(tied) > 1 and name in tied else str(rank), name)
+            for rank, name in enumerate(rank_controllers(ctrls), start=1)]
+
+
+def best_text(summary: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """``best: NAME``, or ``best: a tie of A, B, ... (QoE within 0.005 and waste within 0.5 points)``."""
+    ctrls: Mapping[str, Mapping[str, Any]] = summary.get("controllers", summary)
+    tied = [(labels or {}).get(n, n) for n in tied_best(ctrls)]
+    if not tied:
+        return "best: none (no controllers)"
+    if len(tied) == 1:
+        return f"best: {tied[0]}"
+    return f"best: a tie of {', '.join(tied)} ({TIE_RULE})"
+
+
+def ranking_text(summary: Mapping[str, Any]) -> str:
+    """The ranking as ``a > b > c``; controllers tied for the best, when they lead it, as ``a = b > c``."""
+    ctrls: Mapping[str, Mapping[str, Any]] = summary.get("controllers", summary)
+    ranked = rank_controllers(ctrls)
+    tied = tied_best(ctrls)
+    if len(tied) > 1 and set(ranked[: len(tied)]) == set(tied):
+        return " > ".join([" = ".join(ranked[: len(tied)]), *ranked[len(tied):]])
+    return " > ".join(ranked)
+
+
 @dataclass(frozen=True)
 class TableColumn:
     """One column of the comparison table: metric key, heading, how to print a value."""
@@ -428,7 +466,8 @@ def format_table(
     controller_labels: Mapping[str, str] | None = None,
     keys: Sequence[str] | None = None,
 ) -> RichTable:
-    """The comparison as a rich Table, controllers best first (see :func:`rank_controllers`).
+    """The comparison as a rich Table, controllers best first (see :func:`rank_controllers`); the
+    controllers tied for the best (:func:`tied_best`, when several) are each ranked ``=1``.
 
     ``keys`` picks and orders the metric columns (default: all of :data:`TABLE_COLUMNS`).
     Headings break between words so the table stays narrow (about 130 characters).
@@ -444,11 +483,11 @@ def format_table(
     table.add_column("streams", justify="right")
     for col in columns:
         table.add_column(col.heading.replace(" ", "\n", 1), justify="right")
-    for rank, name in enumerate(rank_controllers(ctrls), start=1):
+    for rank, name in rank_labels(ctrls):
         m = ctrls[name]
         label = (controller_labels or {}).get(name, name)
         table.add_row(
-            str(rank),
+            rank,
             label,
             format_value(m.get("streams"), "d"),
             *(format_value(m.get(col.key), col.fmt) for col in columns),

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.metrics import TABLE_COLUMNS, format_value, rank_controllers
+from analysis.metrics import TABLE_COLUMNS, best_text, format_value, rank_labels
 from analysis.results import STATUS_COMPLETE, STATUS_MEANING, Run
 from analysis.style import PER_CONTROLLER_PREFIXES, controller_style, safe_name
 
@@ -64,18 +64,19 @@ _METRIC_NOTES: tuple[tuple[str, str], ...] = (
 def summary_html_table(
     summary: Mapping[str, Any], labels: Mapping[str, str] | None = None, colors: Mapping[str, str] | None = None
 ) -> str:
-    """The comparison table as an HTML ``<table>``, best controller first."""
+    """The comparison table as an HTML ``<table>``, best controller first (the controllers tied for the
+    best, :func:`analysis.metrics.tied_best`, each ranked ``=1`` and marked best)."""
     ctrls: Mapping[str, Mapping[str, Any]] = summary.get("controllers", summary)
     head = "".join(f"<th>{html.escape(c.heading)}</th>" for c in TABLE_COLUMNS)
     rows = []
-    for rank, name in enumerate(rank_controllers(ctrls), start=1):
+    for rank, name in rank_labels(ctrls):
         m = ctrls[name]
         swatch = ""
         if colors and name in colors:
             swatch = f'<span class="swatch" style="background:{html.escape(colors[name])}"></span>'
         label = html.escape((labels or {}).get(name, name))
         cells = "".join(f"<td>{html.escape(format_value(m.get(c.key), c.fmt))}</td>" for c in TABLE_COLUMNS)
-        cls = ' class="best"' if rank == 1 else ""
+        cls = ' class="best"' if rank in ("1", "=1") else ""
         rows.append(
             f'<tr{cls}><td>{rank}</td><td class="name">{swatch}{label}</td>'
             f"<td>{format_value(m.get('streams'), 'd')}</td>{cells}</tr>"
@@ -177,6 +178,7 @@ def render_report(
         f'<table class="info">{_info_rows(run)}</table>',
         "<h2>Controllers, best first</h2>",
         summary_html_table(summary, labels, colors),
+        f'<p class="best">{html.escape(best_text(summary, labels))}</p>',
         '<details><summary>What the columns mean</summary><dl class="metrics">',
         "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _METRIC_NOTES),
         "</dl></details>",

@@ -446,5 +446,68 @@ def load_scenario(name_or_path: str | Path) -> LoadedScenario:
     return loaded
 
 
+# --------------------------------------------------------------------------- controller entries
+ENTRY_SEP = "@"  # `buffer@tokenpace`: controller buffer on scheduler tokenpace (server.scheduler overridden)
+
+
+def split_entry(entry: str) -> tuple[str, str | None]:
+    """An entry of ``controllers:`` (or ``--controllers``) as (controller, scheduler or None).
+
+    ``CONTROLLER@SCHEDULER`` runs that controller on that scheduler; a plain ``CONTROLLER`` runs on
+    the scenario's ``server.scheduler``. The entry names the results folder and the summary key.
+    """
+    controller, sep, scheduler = entry.partition(ENTRY_SEP)
+    return (controller, scheduler) if sep else (entry, None)
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean X?)`` when a known name is close to ``name``, else ``""``."""
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def expand_entries(names: list[str], scheduler_names: list[str] | None) -> list[str]:
+    """``--schedulers a,b``: each plain controller name becomes ``name@a``, ``name@b`` (in that order,
+    controller by controller); an entry that already names its scheduler is kept as it is."""
+    if not scheduler_names:
+        return list(dict.fromkeys(names))
+    out: list[str] = []
+    for name in names:
+        out.extend([name] if split_entry(name)[1] is not None else [f"{name}{ENTRY_SEP}{s}" for s in scheduler_names])
+    return list(dict.fromkeys(out))
+
+
+def entry_params(scn: Scenario, entry: str) -> dict[str, Any]:
+    """An entry's controller parameters: the scenario's under that exact entry, else under its controller."""
+    key = entry_params_key(scn, entry)
+    return {} if key is None else scn.controllers[key]
+
+
+def entry_params_key(scn: Scenario, entry: str) -> str | None:
+    """The key of ``controllers:`` an entry takes its parameters from (None: defaults)."""
+    for key in (entry, split_entry(entry)[0]):
+        if key in scn.controllers:
+            return key
+    return None
+
+
+def entry_problems(entry: str, known_controllers: Sequence[str], known_schedulers: Sequence[str],
+                   with_known: bool = True) -> list[str]:
+    """What is wrong with one entry name, given the registries' names (this package imports neither
+    ``controllers`` nor ``sim``, so the caller passes them): a malformed ``a@b``, an unknown
+    controller, an unknown scheduler, each with the closest known name."""
+    controller, scheduler = split_entry(entry)
+    if not controller or scheduler == "" or (scheduler is not None and ENTRY_SEP in scheduler):
+        return [f"an entry is CONTROLLER or CONTROLLER{ENTRY_SEP}SCHEDULER (got {_shown(entry)})"]
+    problems = []
+    if controller not in known_controllers:
+        problems.append(f"unknown controller {controller!r}{did_you_mean(controller, known_controllers)}"
+                        + (f"; known: {', '.join(sorted(known_controllers))}" if with_known else ""))
+    if scheduler is not None and scheduler not in known_schedulers:
+        problems.append(f"unknown scheduler {scheduler!r}{did_you_mean(scheduler, known_schedulers)}"
+                        + (f"; known: {', '.join(sorted(known_schedulers))}" if with_known else ""))
+    return problems
+
+
 def json_schema() -> dict[str, Any]:
     return Scenario.model_json_schema(by_alias=True)

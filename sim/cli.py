@@ -1,11 +1,15 @@
 """``python -m sim``: run a scenario with every pacing controller and compare them.
 
-    python -m sim SCENARIO [--out DIR] [--controllers a,b] [--seed N] [--jobs N] [--resume]
-    python -m sim check SCENARIO [--controllers a,b]   validate everything a run needs, run nothing
+    python -m sim SCENARIO [--out DIR] [--controllers a,b@tokenpace] [--schedulers fcfs,andes] [--seed N]
+                  [--jobs N] [--resume]
+    python -m sim check SCENARIO [--controllers a,b] [--schedulers ...]   validate everything, run nothing
     python -m sim schema          print the scenario JSON Schema
     python -m sim list            built-in scenarios and controllers
 
-SCENARIO is a YAML file or the name of a built-in scenario. Every command ends through
+SCENARIO is a YAML file or the name of a built-in scenario. A controller entry is ``NAME`` (on the
+scenario's ``server.scheduler``) or ``NAME@SCHEDULER`` (on that scheduler, with the scenario's
+parameters for it when it is the same one, else its defaults); ``--schedulers a,b`` makes each plain
+entry one per scheduler. An entry names its results folder and its key in summary.json. Every command ends through
 :func:`scenarios.cli_errors.run_cli`: bad input exits 2 with one line per problem, each naming the
 file and key or the flag (all problems at once, so one rerun fixes them all); an internal error
 exits 1 with one line and the way to its traceback (``--debug``).
@@ -24,7 +28,17 @@ import yaml
 import controllers
 from scenarios import LoadedScenario, ScenarioError, builtin_scenarios, json_schema, load_scenario
 from scenarios.cli_errors import DEBUG_ENV, BadInput, run_cli
-from scenarios.loader import MAX_INT, find_scenario, key_text
+from scenarios.loader import (
+    MAX_INT,
+    did_you_mean,
+    entry_params,
+    entry_params_key,
+    entry_problems,
+    expand_entries,
+    find_scenario,
+    key_text,
+    split_entry,
+)
 from scenarios.traces import TraceError
 from sim.model import schedulers
 
@@ -47,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help="scenario YAML file, or a built-in scenario name (see `python -m sim list`)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: results/<scenario name>)")
     _controllers_flag(p)
+    _schedulers_flag(p)
     # seed and jobs are checked by _seed/_jobs, so a bad value is named like every other problem
     p.add_argument("--seed", default=None, help="random seed, 0 <= N < 2**63 (default: the scenario's `seed`)")
     p.add_argument("--jobs", default="1", help="controllers simulated in parallel processes (default 1)")
@@ -59,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _controllers_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controllers", default=None,
-                   help="comma-separated controller names (default: the scenario's `controllers`)")
+                   help="comma-separated controller entries, NAME or NAME@SCHEDULER (default: the scenario's "
+                   "`controllers`)")
+
+
+def _schedulers_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schedulers", default=None,
+                   help="comma-separated scheduler names: run each controller once per scheduler, as entries "
+                   "NAME@SCHEDULER (default: the scenario's `server.scheduler` only)")
 
 
 def _check_parser() -> argparse.ArgumentParser:
@@ -68,6 +90,7 @@ def _check_parser() -> argparse.ArgumentParser:
         "parameters) and print `ok`, without simulating anything."))
     p.add_argument("scenario", help="scenario YAML file, or a built-in scenario name")
     _controllers_flag(p)
+    _schedulers_flag(p)
     return p
 
 
@@ -100,35 +123,61 @@ def _jobs_problem(text: str) -> str | None:
     return None if jobs is not None and jobs >= 1 else f"must be a positive integer (got {_shown(text)})"
 
 
+def _names(text: str) -> list[str]:
+    return list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+
+
 def _controller_names(text: str | None) -> tuple[list[str] | None, list[tuple[str, str]]]:
-    """The names ``--controllers`` gives (None: the scenario's), and a problem per unknown name."""
+    """The entries ``--controllers`` gives (None: the scenario's), and a problem per unknown controller
+    or scheduler (``NAME@SCHEDULER``), each with the closest known name; the last of each kind lists them all."""
     if text is None:
         return None, []
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    names = _names(text)
     known = ", ".join(sorted(controllers.REGISTRY))
     if not names:
         return None, [("--controllers", f"no controller named (got {_shown(text)}); known: {known}")]
-    unknown = [n for n in names if n not in controllers.REGISTRY]
-    problems = [("--controllers", f"unknown controller {n!r}") for n in unknown]
+    problems = [("--controllers", msg) for n in names
+                for msg in entry_problems(n, list(controllers.REGISTRY), list(schedulers.REGISTRY), with_known=False)]
+    known_schedulers = ", ".join(sorted(schedulers.REGISTRY))
+    for kind, listed in (("unknown controller ", known), ("unknown scheduler ", known_schedulers)):
+        last = [i for i, (_, msg) in enumerate(problems) if msg.startswith(kind)]
+        if last:
+            problems[last[-1]] = ("--controllers", f"{problems[last[-1]][1]}; known: {listed}")
+    return names, problems
+
+
+def _scheduler_names(text: str | None) -> tuple[list[str] | None, list[tuple[str, str]]]:
+    """The schedulers ``--schedulers`` gives (None: no expansion), and a problem per unknown name."""
+    if text is None:
+        return None, []
+    names = _names(text)
+    known = list(schedulers.REGISTRY)
+    if not names:
+        return None, [("--schedulers", f"no scheduler named (got {_shown(text)}); known: {', '.join(sorted(known))}")]
+    problems = [("--schedulers", f"unknown scheduler {_shown(repr(n))}{did_you_mean(n, known)}")
+                for n in names if n not in known]
     if problems:
-        problems[-1] = ("--controllers", f"{problems[-1][1]}; known: {known}")
+        problems[-1] = ("--schedulers", f"{problems[-1][1]}; known: {', '.join(sorted(known))}")
     return names, problems
 
 
 def _controller_problems(loaded: LoadedScenario, file: Path, names: list[str] | None) -> list[tuple[str, str]]:
-    """The scenario's own controllers (when --controllers does not choose): known, with valid parameters."""
+    """The scenario's own entries (when --controllers does not choose): known controllers and schedulers
+    (``NAME@SCHEDULER``), with valid parameters (an entry's own, else its controller's)."""
     scn = loaded.scenario
     chosen = names if names is not None else list(scn.controllers)
     problems: list[tuple[str, str]] = []
     if not chosen:
         problems.append(("controllers", "no controllers listed (name some here or with --controllers)"))
     for name in chosen:
-        if name not in controllers.REGISTRY:
+        wrong = entry_problems(name, list(controllers.REGISTRY), list(schedulers.REGISTRY))
+        if wrong:
             if names is None:
-                problems.append((f"controllers.{key_text(name)}", str(controllers.UnknownController(name))))
+                problems.extend((f"controllers.{key_text(name)}", msg) for msg in wrong)
             continue
-        for key, msg in controllers.validate_params(name, scn.controllers.get(name, {})):
-            problems.append((f"controllers.{name}.{key_text(key)}", msg))
+        key_of = entry_params_key(scn, name)
+        for key, msg in controllers.validate_params(split_entry(name)[0], entry_params(scn, name)):
+            problems.append((f"controllers.{key_text(key_of or name)}.{key_text(key)}", msg))
     return [(f"{file}: {key}", msg) for key, msg in problems]
 
 
@@ -175,12 +224,14 @@ def _load(scenario: str, names: list[str] | None, problems: list[tuple[str, str]
 def _check(argv: list[str]) -> int:
     args = _check_parser().parse_args(argv)
     names, problems = _controller_names(args.controllers)
+    scheds, sched_problems = _scheduler_names(args.schedulers)
+    problems += sched_problems
     loaded = _load(args.scenario, names, problems)
     if problems:
         raise BadInput.many(problems)
     assert loaded is not None
     scn = loaded.scenario
-    chosen = names if names is not None else list(scn.controllers)
+    chosen = expand_entries(names if names is not None else list(scn.controllers), scheds)
     print(f"ok: {find_scenario(args.scenario)} (scenario {scn.name!r}: {scn.workload.streams} streams, "
           f"{len(scn.paths)} path(s), {len(scn.faults)} fault(s); controllers {', '.join(chosen)})")
     return 0
@@ -198,13 +249,17 @@ def _list() -> None:
     for name, info in sorted(controllers.REGISTRY.items()):
         doc = (info.cls.__doc__ or "").strip().splitlines()
         console.print(f"  {name:<12} {doc[0] if doc else info.label}{'  (sim only)' if info.sim_only else ''}")
+    console.print("[bold]Schedulers[/bold] (server.scheduler, --schedulers a,b, or an entry CONTROLLER@SCHEDULER):")
+    for name, cls in sorted(schedulers.REGISTRY.items()):
+        console.print(f"  {name:<12} {cls.label or name}")
 
 
 def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     problems = _out_problems(args.out, flag=True, create=False) if args.out is not None else []
     names, named = _controller_names(args.controllers)
-    problems += named
+    scheds, sched_problems = _scheduler_names(args.schedulers)
+    problems += named + sched_problems
     for flag, problem in (("--seed", _seed_problem(args.seed)), ("--jobs", _jobs_problem(args.jobs))):
         if problem is not None:
             problems.append((flag, problem))
@@ -216,25 +271,32 @@ def _run(argv: list[str]) -> int:
         raise BadInput.many(problems)
 
     from rich.console import Console
+    from rich.markup import escape
 
-    from analysis.metrics import format_table, rank_controllers
+    from analysis.metrics import best_text, format_table, ranking_text
     from sim.runner import make_plan, run_plan
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     seed = None if args.seed is None else int(args.seed)
-    plan = make_plan(args.scenario, args.out, names, seed)
+    plan = make_plan(args.scenario, args.out, names, seed, scheds)
     summary, stats = run_plan(plan, jobs=int(args.jobs), show_progress=not args.quiet and sys.stderr.isatty(),
                               resume=args.resume)
     if not args.quiet:
         console.print(format_table(summary))
-        ranking = rank_controllers(summary)
-        console.print(f"best (QoE, ties within 0.005 by wasted tokens): [bold]{ranking[0]}[/bold]   "
-                      f"ranking: {' > '.join(ranking)}")
+        console.print(f"[bold]{escape(best_text(summary))}[/bold]   ranking (QoE, then fewest wasted tokens): "
+                      f"{escape(ranking_text(summary))}", highlight=False)
         sim_s = sum(s.sim_end_s for s in stats)
         wall_s = sum(s.wall_s for s in stats)
         console.print(f"{sim_s:.0f} simulated s in {wall_s:.1f} s of CPU; results in {plan.out}/ "
                       f"(plots: python -m analysis {plan.out})", highlight=False)
     return 0
+
+
+def _capacity(argv: list[str]) -> int:
+    """``python -m sim capacity``: the largest arrival rate per scheduler x controller (:mod:`sim.capacity`)."""
+    from sim.capacity import main_capacity
+
+    return main_capacity(argv)
 
 
 def _main(argv: list[str]) -> int:
@@ -250,6 +312,8 @@ def _main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["check"]:
         return _check(argv[1:])
+    if argv[:1] == ["capacity"]:
+        return _capacity(argv[1:])
     return _run(argv)
 
 

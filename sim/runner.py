@@ -27,7 +27,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from analysis.metrics import summarize_run
 from analysis.results import to_jsonable
 from scenarios import LoadedScenario, ScenarioError, load_scenario
 from scenarios.cli_errors import BadInput
+from scenarios.loader import ENTRY_SEP, entry_params, entry_params_key, entry_problems, expand_entries, split_entry
+from scenarios.schema import SchedulerSpec
 from sim.model import schedulers
 from sim.record import (
     COMPLETE,
@@ -57,31 +59,59 @@ from sim.world import RunStats, run_controller
 @dataclass(frozen=True)
 class Plan:
     loaded: LoadedScenario
-    controllers: dict[str, dict[str, Any]]  # name -> params
+    controllers: dict[str, dict[str, Any]]  # entry name -> the controller's params
     seed: int
     out: Path
+    # entry name -> the scheduler it runs on (an entry `CONTROLLER@SCHEDULER` overrides server.scheduler)
+    schedulers: dict[str, str] = field(default_factory=dict)
+
+    def controller_of(self, entry: str) -> str:
+        return split_entry(entry)[0]
+
+    def scheduler_of(self, entry: str) -> str:
+        return self.schedulers.get(entry) or split_entry(entry)[1] or self.loaded.scenario.server.scheduler.name
+
+    def scenario_for(self, entry: str) -> LoadedScenario:
+        """The scenario an entry runs: the file's, with ``server.scheduler`` replaced for ``a@b`` when
+        ``b`` is not the file's scheduler (the new one with its default parameters)."""
+        scn = self.loaded.scenario
+        name = self.scheduler_of(entry)
+        if name == scn.server.scheduler.name:
+            return self.loaded
+        server = scn.server.model_copy(update={"scheduler": SchedulerSpec(name=name)})
+        return replace(self.loaded, scenario=scn.model_copy(update={"server": server}))
 
 
-def make_plan(scenario: str | Path, out: Path | None, names: list[str] | None, seed: int | None) -> Plan:
-    """Load and check everything a run needs; every problem is a ScenarioError naming file and key."""
+def make_plan(scenario: str | Path, out: Path | None, names: list[str] | None, seed: int | None,
+              scheduler_names: list[str] | None = None) -> Plan:
+    """Load and check everything a run needs; every problem is a ScenarioError naming file and key.
+
+    ``names`` are entries (``CONTROLLER`` or ``CONTROLLER@SCHEDULER``; default: the scenario's
+    ``controllers``); ``scheduler_names`` (``--schedulers``) expands each plain one per scheduler."""
     loaded = load_scenario(scenario)
     scn = loaded.scenario
-    chosen: dict[str, dict[str, Any]] = {}
-    for name in names or list(scn.controllers):
-        if name not in controllers.REGISTRY:
-            key = "--controllers" if names else f"controllers.{name}"
-            raise ScenarioError(loaded.path, key, str(controllers.UnknownController(name)))
-        params = scn.controllers.get(name, {})
-        for key, msg in controllers.validate_params(name, params):
-            raise ScenarioError(loaded.path, f"controllers.{name}.{key}", msg)
-        chosen[name] = params
     sched = scn.server.scheduler
     if sched.name not in schedulers.REGISTRY:
         raise ScenarioError(loaded.path, "server.scheduler.name", str(schedulers.UnknownScheduler(sched.name)))
     for key, msg in schedulers.validate_params(sched.name, sched.params):
         raise ScenarioError(loaded.path, f"server.scheduler.params.{key}", msg)
+    for name in scheduler_names or []:
+        if name not in schedulers.REGISTRY:
+            raise BadInput("--schedulers", str(schedulers.UnknownScheduler(name)))
+    chosen: dict[str, dict[str, Any]] = {}
+    used: dict[str, str] = {}
+    for name in expand_entries(names or list(scn.controllers), scheduler_names):
+        problems = entry_problems(name, list(controllers.REGISTRY), list(schedulers.REGISTRY))
+        if problems:
+            key = "--controllers" if names else f"controllers.{name}"
+            raise ScenarioError(loaded.path, key, problems[0])
+        params = entry_params(scn, name)
+        for key, msg in controllers.validate_params(split_entry(name)[0], params):
+            raise ScenarioError(loaded.path, f"controllers.{entry_params_key(scn, name) or name}.{key}", msg)
+        chosen[name] = params
+        used[name] = split_entry(name)[1] or sched.name
     seed = scn.seed if seed is None else seed
-    return Plan(loaded, chosen, seed, out or Path("results") / scn.name)
+    return Plan(loaded, chosen, seed, out or Path("results") / scn.name, used)
 
 
 def git_rev() -> str:
@@ -112,7 +142,9 @@ def run_info(plan: Plan, status: str = RUNNING, finished: Iterable[str] = ()) ->
         "scenario_file": str(plan.loaded.path),
         "controllers": list(plan.controllers),
         "controller_params": plan.controllers,
-        "controller_info": {n: controllers.display_info()[n] for n in plan.controllers},
+        "controller_info": {n: entry_info(plan, n) for n in plan.controllers},
+        "entries": {n: {"controller": plan.controller_of(n), "scheduler": plan.scheduler_of(n)}
+                    for n in plan.controllers},
         "seed": plan.seed,
         "slo_qoe": scn.slo.qoe,
         "control_interval_s": scn.control_interval_s,
@@ -121,6 +153,32 @@ def run_info(plan: Plan, status: str = RUNNING, finished: Iterable[str] = ()) ->
         "status": status,
         "finished": in_order(plan.controllers, finished),
     }
+
+
+def entry_info(plan: Plan, entry: str) -> dict[str, str]:
+    """Label and colour of an entry for plots and tables: its controller's, the label followed by
+    ``@ scheduler`` when the entry names one."""
+    controller = plan.controller_of(entry)
+    info = dict(controllers.display_info()[controller])
+    if split_entry(entry)[1] is not None:
+        info["label"] = f"{info.get('label', controller)} {ENTRY_SEP} {plan.scheduler_of(entry)}"
+        # one controller on several schedulers: shades of its colour, in the order the plan holds them
+        mine = [plan.scheduler_of(n) for n in plan.controllers if plan.controller_of(n) == controller]
+        shade = SHADES[mine.index(plan.scheduler_of(entry)) % len(SHADES)]
+        info["color"] = _shaded(info.get("color", "#333333"), shade)
+    return info
+
+
+SHADES = (0.0, -0.45, 0.45, -0.7, 0.7)  # toward black (< 0) or white (> 0)
+
+
+def _shaded(color: str, amount: float) -> str:
+    """``#rrggbb`` moved ``amount`` of the way toward white (> 0) or black (< 0)."""
+    if len(color) != 7 or not color.startswith("#"):
+        return color
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    rgb = [round(c + (255 - c) * amount) if amount > 0 else round(c * (1 + amount)) for c in rgb]
+    return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
 def write_run_json(plan: Plan, status: str = RUNNING, finished: Iterable[str] = ()) -> None:
@@ -230,7 +288,8 @@ def _run_one(plan: Plan, name: str, requests: list[Request], report: Any = None)
 
     Returns once every file of the run is closed and on disk (the caller then calls it finished)."""
     progress = None if report is None else (lambda now: report((name, now)))
-    stats = run_controller(plan.loaded, requests, name, plan.controllers[name], plan.out / name, plan.seed, progress)
+    stats = run_controller(plan.scenario_for(name), requests, plan.controller_of(name), plan.controllers[name],
+                           plan.out / name, plan.seed, progress)
     fsync_files(plan.out / name)
     if report is not None:
         report((name, None))
