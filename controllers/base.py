@@ -96,3 +96,9 @@ class OracleView(Protocol):
     def streams_on_path(self, t_s: float) -> int:
         """Streams of this run generating on the same bottleneck at t_s (known to the sim)."""
         ...
+
+    def memory_short(self, t_s: float) -> bool:
+        """At t_s, does a request wait for the serving node's memory that a stream holding it, paced,
+        keeps from it? False when the node has room, or when its scheduler takes memory from streams
+        that are ahead of their readers (then pacing does not hold memory)."""
+        ...

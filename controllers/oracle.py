@@ -38,7 +38,7 @@ import math
 
 from pydantic import Field
 
-from controllers.base import Controller, Decision, Observation, OracleView, Params
+from controllers.base import UNPACED, Controller, Decision, Observation, OracleView, Params
 from controllers.registry import register
 from controllers.signals import DeliveryMeter, backlog_tokens
 
@@ -97,6 +97,8 @@ class Oracle(Controller):
         p, v = self.params, self._view
         if v is None:
             raise RuntimeError("the oracle needs attach_oracle() before decide()")
+        if v.memory_short(obs.t_s):  # pacing would hold memory a waiting request needs: finish and free it
+            return UNPACED
         reading = v.reading_tps
         backlog = backlog_tokens(obs)
         buffer = max(0.0, obs.client_buffer_est) + backlog

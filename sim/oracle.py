@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from scenarios.schema import GilbertElliott, GilbertElliottFault, LossFault, PathSpec
+from sim.model.serving import ServingCore
 from sim.network import faulted_capacity
 from sim.workload import Request
 
@@ -57,13 +58,14 @@ class PathKnowledge:
 class SimOracleView:
     """One stream's view: its reader exactly, its path's future capacity and current sharing."""
 
-    def __init__(self, req: Request, path: PathKnowledge, bytes_per_token: int) -> None:
+    def __init__(self, req: Request, path: PathKnowledge, bytes_per_token: int, core: ServingCore | None = None) -> None:
         self.reading_tps = req.reading_tps
         self.patience_s = req.patience_s
         self.output_tokens = req.output_tokens
         self.bytes_per_token = bytes_per_token
         self.base_rtt_s = path.spec.rtt_ms / 1000
         self._path = path
+        self._core = core if core is not None and not core.scheduler.frees_paced_memory else None
 
     def capacity_bps(self, t0_s: float, t1_s: float) -> float:
         return self._path.capacity_bps(t0_s, t1_s)
@@ -73,3 +75,7 @@ class SimOracleView:
 
     def streams_on_path(self, t_s: float) -> int:
         return max(1, self._path.generating)
+
+    def memory_short(self, t_s: float) -> bool:
+        """The node's state now (the view is asked at the present only): see ServingCore.memory_short."""
+        return self._core is not None and self._core.memory_short()

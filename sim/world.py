@@ -107,7 +107,7 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
                     yield env.timeout(req.arrival_s - env.now)
                 controller = controllers.make(name, params)
                 if controller.needs_oracle:
-                    controller.attach_oracle(SimOracleView(req, knowledge[req.path], bpt))
+                    controller.attach_oracle(SimOracleView(req, knowledge[req.path], bpt, node.core))
                 s = SimStream(req, bpt, node, paths[req.path], controller, on_end, scn.clients.ttft_expected_s)
                 active.append(s)
                 all_streams.append(s)

@@ -303,6 +303,7 @@ class FakeView:
     bytes_per_token: int = 200
     base_rtt_s: float = 0.05
     loss: float = 0.0
+    short: list[tuple[float, float]] = field(default_factory=list)  # (t0, t1): the node's memory is short
 
     def _bps(self, t: float) -> float:
         return next((bps for a, b, bps in self.capacity if a <= t < b), 10e6)
@@ -317,6 +318,9 @@ class FakeView:
     def streams_on_path(self, t_s: float) -> int:
         return self.streams
 
+    def memory_short(self, t_s: float) -> bool:
+        return any(a <= t_s < b for a, b in self.short)
+
 
 def oracle(view: FakeView, **params) -> Oracle:
     c = Oracle(OracleParams(**params))
@@ -329,6 +333,16 @@ def test_oracle_steady_path_keeps_just_the_margin():
     # 3 s margin = 30 tokens buffered: hold at the reader's pace; below it catch up within a second
     assert c.decide(obs(0.0, acked_tokens=100, generated_tokens=100, client_buffer_est=30.0)).rate_tps == 10.0
     assert c.decide(obs(0.1, acked_tokens=100, generated_tokens=100, client_buffer_est=20.0)).rate_tps == 20.0
+
+
+def test_oracle_does_not_hold_memory_a_waiting_request_needs():
+    """While the node's memory is short (and its scheduler would not take a paced stream's memory), a
+    paced stream holds memory a waiting request needs: the oracle finishes the stream instead."""
+    c = oracle(FakeView(short=[(1.0, 2.0)]), margin_s=3.0)
+    at_margin = {"acked_tokens": 100, "generated_tokens": 100, "client_buffer_est": 30.0}
+    assert c.decide(obs(0.5, **at_margin)).rate_tps == 10.0
+    assert c.decide(obs(1.0, **at_margin)).rate_tps is None
+    assert c.decide(obs(2.0, **at_margin)).rate_tps == 10.0
 
 
 def test_oracle_banks_the_reading_time_an_outage_ahead_will_cost():
