@@ -206,7 +206,10 @@ def _split_loc(loc: tuple[Any, ...], data: Any, kind: str = "missing") -> tuple[
     branch_at: int | None = None
     cur = data
     for i, part in enumerate(loc):
-        is_tag = isinstance(cur, dict) and part not in cur and part in (cur.get("kind"), cur.get("dist"))
+        # a tag is also a key when a kind names its own field (``{kind: phases, phases: [...]}``): then the
+        # tag is the part followed by a key of the same mapping
+        is_tag = isinstance(cur, dict) and part in (cur.get("kind"), cur.get("dist")) and (
+            part not in cur or (i + 1 < len(loc) and loc[i + 1] in cur))
         if is_tag or (isinstance(part, str) and part.startswith("function-")):
             continue
         in_dict = isinstance(cur, dict) and part in cur

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from scenarios.dists import Dist
 
@@ -79,6 +79,48 @@ class Bursty(_Model):
     off_s: float = Field(ge=0)
 
 
+class Gamma(_Model):
+    """A renewal process with i.i.d. Gamma inter-arrival times: mean 1/rate_per_s, shape k, so the gaps'
+    squared coefficient of variation is 1/k (k = 1 is Poisson, k < 1 is bursty, k > 1 is smoother).
+    Andes (arXiv 2404.16283) drives its bursty experiments this way: its artifact's request dispatcher
+    (vLLM 0.6.1 fork, examples/request_dispatcher/request_dispatcher.py, ``--burst``) draws
+    Gamma(shape, scale = 1 / (rate x shape)) gaps, with shape 0.1 for its bursts."""
+
+    kind: Literal["gamma"]
+    rate_per_s: float = Field(gt=0)
+    shape: float = Field(gt=0, description="k: the gaps' CV^2 is 1/k (Andes' bursts: 0.1)")
+
+
+MIN_CYCLE_S = 0.01  # a repeating cycle shorter than this is a typo (and millions of empty cycles to draw)
+PhaseArrivals = Annotated[Poisson | Gamma | Periodic, Field(discriminator="kind")]
+
+
+class Phase(_Model):
+    """One stretch of a piecewise arrival process. Its process starts afresh at the phase's start
+    (as if an arrival had just happened there, without counting it) and is cut at its end."""
+
+    duration_s: float = Field(gt=0)
+    arrivals: PhaseArrivals
+
+
+class Phases(_Model):
+    """Piecewise arrivals: each phase's process in turn (Poisson, then a Gamma burst, then Poisson).
+    Arrivals end with the last phase, or after ``streams`` requests if sooner; with ``repeat`` the
+    phases cycle until ``streams`` requests (or max_duration_s). Each phase draws from its own random
+    stream, so changing one phase's rate leaves the others' arrivals where they were."""
+
+    kind: Literal["phases"]
+    repeat: bool = Field(False, description="cycle through the phases again when the last one ends")
+    phases: list[Phase] = Field(min_length=1)
+
+    @field_validator("phases")
+    @classmethod
+    def _cycle(cls, phases: list[Phase], info: ValidationInfo) -> list[Phase]:
+        if info.data.get("repeat") and sum(p.duration_s for p in phases) < MIN_CYCLE_S:
+            raise ValueError(f"must last at least {MIN_CYCLE_S:g} s in all to repeat")
+        return phases
+
+
 class RequestCsv(_Model):
     """Seed 002's requests.csv (arrival_time, prefill_length, decode_length); path relative to the scenario."""
 
@@ -86,7 +128,7 @@ class RequestCsv(_Model):
     file: str
 
 
-Arrivals = Annotated[Poisson | Periodic | Bursty | RequestCsv, Field(discriminator="kind")]
+Arrivals = Annotated[Poisson | Periodic | Bursty | Gamma | Phases | RequestCsv, Field(discriminator="kind")]
 
 
 class WorkloadSpec(_Model):

@@ -274,6 +274,7 @@ def run_capacity(plan: CapacityPlan, jobs: int = 1, show_progress: bool = False,
     notes: list[str] = []
     variants: dict[tuple[str, float], LoadedScenario] = {}
     streams = plan.loaded.scenario.workload.streams
+    timed = plan.loaded.scenario.workload.arrivals.kind == "phases"
     futures: dict[Future[dict[str, Any]], ProbeKey] = {}
     waiting: dict[Pair, tuple[float, set[int]]] = {}
     reused = 0
@@ -288,7 +289,8 @@ def run_capacity(plan: CapacityPlan, jobs: int = 1, show_progress: bool = False,
         holds, means = slos_hold(plan.slos, per_seed)
         searches[pair].record(k, holds)
         logs[pair].append({"rate_factor": k, "rate_per_s": k * plan.base_rate, "holds": holds, "means": means})
-        short = [m.get("streams") for m in per_seed if (m.get("streams") or 0) < streams]
+        # with ``phases`` arrivals the timeline decides how many arrive (``streams`` is only a cap)
+        short = [] if timed else [m.get("streams") for m in per_seed if (m.get("streams") or 0) < streams]
         if short:
             note = (f"at rate factor {k:g}, {min(short):g} of {streams} requests arrived before max_duration_s "
                     f"({pair[0]}+{pair[1]}): the probe measured fewer requests; raise max_duration_s")

@@ -3,6 +3,12 @@
 Each quantity has its own random stream (``default_rng([seed, k])``), so the arrivals, lengths,
 paths and readers are identical across controllers and adding a new quantity later does not
 reshuffle the others.
+
+Arrival times are standardised gaps (mean 1) drawn from the arrivals stream and divided by the
+rate, so multiplying every rate by k divides every arrival time by k (to rounding) and the same
+requests arrive in the same order: the common random numbers a capacity search bisects over.
+A ``phases`` timeline gives each phase its own stream (``default_rng([seed, RNG_ARRIVALS, i])``);
+there the arrivals inside each phase move closer to its start by 1/k.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from scenarios.schema import Scenario
+from scenarios.schema import Gamma, Periodic, PhaseArrivals, Phases, Poisson, Scenario
 
 # stream ids of the per-quantity random streams; never renumber (it would change every result)
 RNG_ARRIVALS, RNG_PROMPT, RNG_OUTPUT, RNG_PATH, RNG_READING, RNG_PATIENCE, RNG_FIRST_PATIENCE = range(1, 8)
 RNG_VICTIM = 8
 RNG_LOSS_BASE = 100  # + path index
+GAP_BLOCK = 256  # a phase's standardised gaps are drawn this many at a time, whatever its rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +57,77 @@ def _arrival_times(scn: Scenario, base_dir: Path, seed: int) -> tuple[np.ndarray
         # Poisson while on; an off period shifts every later arrival by off_s
         busy = np.cumsum(rng.exponential(1.0 / a.rate_on_per_s, n))
         return busy + np.floor(busy / a.on_s) * a.off_s, None, None
+    if a.kind == "gamma":
+        return np.cumsum(_standard_gaps(a, rng, n)) / a.rate_per_s, None, None
+    if a.kind == "phases":
+        return _phase_times(a, seed, n, scn.max_duration_s), None, None
     rows = list(csv.DictReader((base_dir / a.file).open()))[:n]
     t = np.array([float(r["arrival_time"]) for r in rows])
     pre = np.array([int(float(r["prefill_length"])) for r in rows])
     dec = np.array([int(float(r["decode_length"])) for r in rows])
     return t, pre, dec
+
+
+def _standard_gaps(a: Poisson | Gamma, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` inter-arrival gaps with mean 1: Exp(1), or Gamma(k, 1/k) (variance 1/k)."""
+    if a.kind == "gamma":
+        return rng.standard_gamma(a.shape, n) / a.shape
+    return rng.standard_exponential(n)
+
+
+class _PhaseProcess:
+    """One phase's arrival process, drawing its standardised gaps from its own stream in blocks of
+    ``GAP_BLOCK``; a repeat of the phase continues where the last one stopped. The gap that runs past
+    the phase's end is used up (the process is cut there)."""
+
+    def __init__(self, spec: PhaseArrivals, rng: np.random.Generator) -> None:
+        self.spec, self.rng = spec, rng
+        self.gaps = np.empty(0)
+        self.used = 0
+
+    def times(self, start_s: float, duration_s: float, limit: int) -> np.ndarray:
+        """Arrival times in [start_s, start_s + duration_s), at most ``limit`` of them."""
+        a = self.spec
+        if isinstance(a, Periodic):  # one arrival at the phase's start, then every 1/rate
+            count = int(min(limit, np.ceil(duration_s * a.rate_per_s)))
+            offsets = np.arange(count) / a.rate_per_s
+            return start_s + offsets[offsets < duration_s]
+        out: list[np.ndarray] = []
+        total, base = 0, 0.0  # base: standardised time of the last arrival so far
+        while total < limit:
+            if self.used == len(self.gaps):
+                self.gaps, self.used = _standard_gaps(a, self.rng, GAP_BLOCK), 0
+            u = base + np.cumsum(self.gaps[self.used:])
+            offsets = u / a.rate_per_s
+            inside = int(np.searchsorted(offsets, duration_s, side="left"))  # offsets < duration_s
+            take = min(inside, limit - total)
+            out.append(start_s + offsets[:take])
+            total += take
+            if take < len(offsets):  # the phase ended (or the requests ran out) inside this block
+                self.used += take + (take == inside)
+                break
+            self.used, base = len(self.gaps), float(u[-1])
+        return np.concatenate(out) if out else np.empty(0)
+
+
+def _phase_times(a: Phases, seed: int, n: int, max_duration_s: float) -> np.ndarray:
+    """The timeline's arrival times: at most ``n``, none past the last phase (or, with ``repeat``,
+    past max_duration_s, when the run stops anyway)."""
+    procs = [_PhaseProcess(p.arrivals, np.random.default_rng([seed, RNG_ARRIVALS, i]))
+             for i, p in enumerate(a.phases)]
+    out: list[np.ndarray] = []
+    total, start = 0, 0.0
+    while total < n and start < max_duration_s:
+        for phase, proc in zip(a.phases, procs, strict=True):
+            t = proc.times(start, phase.duration_s, n - total)
+            out.append(t)
+            total += len(t)
+            start += phase.duration_s
+            if total >= n:
+                break
+        if not a.repeat:
+            break
+    return np.concatenate(out) if out else np.empty(0)
 
 
 def draw_requests(scn: Scenario, base_dir: Path, seed: int | None = None) -> list[Request]:

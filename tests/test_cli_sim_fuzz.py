@@ -287,7 +287,7 @@ def test_nested_problems_each_named_and_unions_read_well(tmp_path):
     lines = _lines(call_main(main, ["check", str(path)]).check())
     assert lines == [f"error: {path}: {line}" for line in [
         "seed: must be a non-negative integer below 2**63 (got -1)",
-        "workload.arrivals.kind: unknown kind 'poison' (one of: poisson, periodic, bursty, csv)",
+        "workload.arrivals.kind: unknown kind 'poison' (one of: poisson, periodic, bursty, gamma, phases, csv)",
         "clients.reading_tps: expected a number, or a mapping with `dist:` one of constant, uniform, normal, "
         "lognormal, exponential, choice (got [1])",
         "clients.patience_s.std: Input should be greater than or equal to 0 (got -1)",
