@@ -18,7 +18,7 @@ the same at both ends, so RSS and fd counts compare like for like.
 
 Prints a table and, last, one JSON line (what ``tests/test_live_soak.py`` reads).
 
-    sudo python3 bench/soak.py [--minutes 20] [--rate 2] [--controller buffer] [--warmup 20]
+    sudo python3 bench/soak.py [--minutes 20] [--rate 2] [--controller buffer] [--scheduler fcfs] [--warmup 20]
 """
 
 from __future__ import annotations
@@ -295,6 +295,7 @@ async def soak(args: argparse.Namespace, server: ServerProcess, url: str) -> dic
     return {
         "minutes": args.minutes,
         "controller": args.controller,
+        "scheduler": args.scheduler,
         "telemetry": not args.no_telemetry,
         "rate_per_s": args.rate,
         "warmup_s": args.warmup,
@@ -346,6 +347,7 @@ def table(r: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     head = (f"soak: {r['minutes']:g} min + {r['warmup_s']:g} s warm-up, controller {r['controller']}, "
+            f"scheduler {r['scheduler']}, "
             f"telemetry {'on' if r['telemetry'] else 'off'}, {r['rate_per_s']:g} streams/s")
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
@@ -356,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the baseline (default 20)")
     ap.add_argument("--rate", type=float, default=2.0, help="stream arrivals per second (Poisson; default 2)")
     ap.add_argument("--controller", default="buffer", help="a paced controller (default buffer)")
+    ap.add_argument("--scheduler", default="fcfs", help="the engine's scheduler (python -m live --scheduler; "
+                    "default fcfs)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS/fd samples")
     ap.add_argument("--no-telemetry", action="store_true", help="without the eBPF probes (not the soak's point)")
@@ -366,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started in the background by a shell: the server
         signal.signal(signal.SIGINT, signal.default_int_handler)  # would inherit the ignored SIGINT we stop it by
     port = free_port(random.Random(os.getpid()))
-    server_argv = ["--iface", "lo", "--port", str(port), "--controller", args.controller]
+    server_argv = ["--iface", "lo", "--port", str(port), "--controller", args.controller,
+                   "--scheduler", args.scheduler]
     if args.no_telemetry:
         server_argv.append("--no-telemetry")
     server = ServerProcess(server_argv)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import math
 import os
 import shutil
@@ -173,6 +174,66 @@ class Problems:
             self.add(flag, f"{name!r} needs knowledge only the simulator has (sim only); live ones: {live}")
             return False
         return True
+
+
+    # ------------------------------------------------------------------ schedulers
+    def scheduler(self, flag: str, name: str) -> bool:
+        """``name`` is a scheduler of the registry (sim/model/schedulers/)."""
+        from sim.model import schedulers
+
+        if name not in schedulers.REGISTRY:
+            self.add(flag, f"unknown scheduler {name!r}; known: {', '.join(sorted(schedulers.REGISTRY))}")
+            return False
+        return True
+
+    def scheduler_params(self, flag: str, name: str | None, items: Iterable[str],
+                         base: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """``KEY=VALUE`` items over ``base`` (the scenario's parameters of that scheduler) as the
+        parameters of scheduler ``name`` (None: unknown, already said), each validated by the scheduler
+        like a controller's; None when any is wrong. A VALUE is read as JSON (``0.9``, ``true``,
+        ``null``, ``[1, 2]``), else taken as a string."""
+        from sim.model import schedulers
+
+        params = dict(base or {})
+        ok = True
+        given: list[str] = []
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                self.add(flag, f"{item!r}: expected KEY=VALUE")
+                ok = False
+                continue
+            if key in given:
+                self.add(flag, f"{item!r}: {key} given twice")
+                ok = False
+            given.append(key)
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            if _non_finite(value):  # pydantic would take nan, inf (and the strings "nan", "inf") as floats
+                self.add(flag, f"{item!r}: must be a finite number")
+                ok = False
+            params[key] = value
+        if not ok or name is None:
+            return None
+        problems = schedulers.validate_params(name, params)
+        for key, msg in problems:
+            where = f"{key}={params[key]!r}" if key in params else key
+            self.add(flag, f"{where}: {msg} (scheduler {name})")
+        return None if problems else params
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value))
+        except ValueError:
+            return False
+    return False
 
 
 def _numeric_or_local(host: str) -> str | None:

@@ -1,6 +1,7 @@
 """``python -m live``: pace real streams with real kernel telemetry.
 
     python -m live --iface IFACE [--port P] [--controller NAME] [--scenario FILE | --fault SPEC ...]
+                   [--scheduler NAME [--scheduler-param KEY=VALUE ...]]
                    [--record DIR] [--duration S] [--upstream URL]
     python -m live doctor                       can live mode run here? (and the fix for each check)
     python -m live cleanup [--iface IFACE]      remove what a killed run left behind (qdiscs/rules on IFACE;
@@ -9,7 +10,9 @@
     python -m live lab SCENARIO --out DIR       run a scenario for real in two namespaces, every controller
     python -m live dashboard --record DIR       live Streamlit page of a recording (per-connection telemetry)
 
-The server binds 127.0.0.1 unless --host says otherwise. Faults are played on IFACE's egress
+The server binds 127.0.0.1 unless --host says otherwise. ``--scheduler`` chooses the built-in engine's
+scheduling policy (``sim/model/schedulers/``; default: the scenario's ``server.scheduler``, else fcfs),
+recorded in run.json (``live.scheduler`` and the scenario's ``server.scheduler``). Faults are played on IFACE's egress
 (netem where the kernel has it, tbf + nftables otherwise) and always removed on exit.
 
 Every command runs in two steps: :func:`validate` checks the whole command line -- every problem
@@ -156,6 +159,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller", default="unpaced", help="pacing controller (see `python -m sim list`)")
+    p.add_argument("--scheduler", help="the built-in engine's scheduler: who decodes, is preempted, is admitted "
+                   f"each step ({_scheduler_names()}; default: the scenario's server.scheduler, else fcfs)")
+    p.add_argument("--scheduler-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the scheduler, VALUE read as JSON else a string (repeatable)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--scenario", help="scenario file or built-in name: server model, readers, faults")
     src.add_argument("--fault", action="append", default=[], metavar="SPEC",
@@ -180,6 +187,12 @@ class ServeConfig:
     @property
     def shapes(self) -> bool:
         return bool(self.faults) or self.base is not None
+
+
+def _scheduler_names() -> str:
+    from sim.model import schedulers
+
+    return ", ".join(sorted(schedulers.REGISTRY))
 
 
 def _validate_serve(argv: list[str]) -> ServeConfig:
@@ -212,21 +225,50 @@ def _validate_serve(argv: list[str]) -> ServeConfig:
             base = scn.paths[path]
         else:
             problems.add("--path", f"{path!r} is not one of the scenario's paths ({', '.join(scn.paths)})")
+    scheduler = _scheduler(args, loaded, problems)
     config = None
-    if controller_ok and (args.scenario is None or loaded is not None):
-        config, config_problems = _live_config(args, loaded)
+    if controller_ok and scheduler is not False and (args.scenario is None or loaded is not None):
+        config, config_problems = _live_config(args, loaded, scheduler)
         problems.extend(config_problems)
     problems.raise_if_any()
     return ServeConfig(config, args.iface, faults, base, telemetry=not args.no_telemetry)
 
 
-def _live_config(args: argparse.Namespace, loaded: Any) -> tuple[Any, list[tuple[str, str]]]:
+def _scheduler(args: argparse.Namespace, loaded: Any, problems: Problems) -> Any:
+    """The SchedulerSpec that --scheduler and --scheduler-param ask for (None: the scenario's or the
+    default, untouched; False: a problem, added). The scenario's parameters of the same scheduler are
+    kept under the flags' ones."""
+    from scenarios.schema import SchedulerSpec
+
+    if args.scheduler is None and not args.scheduler_param:
+        return None
+    if args.upstream is not None:
+        flag = "--scheduler" if args.scheduler is not None else "--scheduler-param"
+        problems.add(flag, "applies to the built-in engine only; with --upstream the upstream server "
+                     "schedules its own batch")
+        return False
+    scenario_spec = loaded.scenario.server.scheduler if loaded is not None else None
+    name = args.scheduler if args.scheduler is not None else (scenario_spec.name if scenario_spec else "fcfs")
+    known = problems.scheduler("--scheduler", name)
+    base = scenario_spec.params if scenario_spec is not None and scenario_spec.name == name else {}
+    params = problems.scheduler_params("--scheduler-param", name if known else None, args.scheduler_param, base)
+    if not known or params is None:
+        return False
+    return SchedulerSpec(name=name, params=params)
+
+
+def _live_config(args: argparse.Namespace, loaded: Any,
+                 scheduler: Any = None) -> tuple[Any, list[tuple[str, str]]]:
     """The server's LiveConfig, or the problems pydantic found that the flag checks did not."""
     from live.server import LiveConfig
+    from scenarios.schema import ServerSpec
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port, "record_dir": args.record,
                                  "duration_s": args.duration, "upstream": args.upstream, "iface": args.iface,
                                  "fault": ";".join(args.fault) or None}
+    if scheduler is not None:
+        server = loaded.scenario.server if loaded is not None else ServerSpec()  # type: ignore[call-arg]
+        overrides["server"] = server.model_copy(update={"scheduler": scheduler})
     try:
         if loaded is not None:
             return LiveConfig.from_scenario(loaded, args.controller, **overrides), []
@@ -238,7 +280,9 @@ def _live_config(args: argparse.Namespace, loaded: Any) -> tuple[Any, list[tuple
             if loc and loc[0] in CONFIG_FLAGS:
                 continue  # checked (and named) by the flag checks already
             msg = str(err["msg"]).removeprefix("Value error, ")
-            if loaded is not None and msg.startswith("controller_params."):  # the scenario's controllers: block
+            if msg.startswith("server.scheduler") and (loaded is None or scheduler is not None):
+                found.append(("--scheduler", msg))  # (the flags' checks should have said it already)
+            elif loaded is not None and msg.startswith("controller_params."):  # the scenario's controllers: block
                 key = msg.removeprefix("controller_params.")
                 found.append((str(loaded.path), f"controllers.{args.controller}.{key}"))
             elif loaded is not None:  # a value the server takes from the scenario

@@ -1,13 +1,22 @@
-"""The built-in token engine: the simulator's serving node, stepping in real time on asyncio.
+"""The built-in token engine: the node's clock-free serving core, stepped in real time by asyncio.
 
-:class:`LiveEngine` *is* a :class:`sim.node.ServingNode`: admission (FCFS, budget ``B``, prefill
-counted in the batch), KV memory, swapping (LIFO/FIFO/random victims), cancellation at step
-boundaries and the pacing credit of :class:`sim.node.Sequence` all come from ``sim/node.py``
-unchanged. Only the driver differs: instead of SimPy's ``_loop`` an asyncio task runs
-``_drop_cancelled -> _plan -> asyncio.sleep(d0 + d1 * batch_tokens) -> _make_token`` against
-``time.monotonic()``. The node is constructed with a tiny stand-in for the SimPy environment
-(``now`` is the monotonic clock, ``process()`` discards the SimPy loop), so no SimPy process ever
-runs.
+:class:`LiveEngine` composes a :class:`sim.model.serving.ServingCore`, the same object the
+simulator's SimPy process drives (``sim/node.py``): admission, the budget ``B``, KV memory, the
+scheduler (``server.scheduler``: ``sim/model/schedulers/``), preemption by swap (over a host link
+of ``swap_gbps``, KV transfers beside compute) or recompute (prompt and generated tokens prefilled
+again), cancellation at step boundaries and the pacing credit of each
+:class:`sim.model.serving.Sequence`. Only the driver is this module's: an asyncio task runs
+``core.plan(now) -> asyncio.sleep(step.duration_s) -> core.finish(step, now)`` against
+``time.monotonic()``; when ``plan`` says nothing can step, it sleeps until ``core.next_ready(now)``
+(a paced stream's credit, a swap-in landing) or a wake-up (an arrival, a cancel, a new rate).
+Back-to-back steps keep their nominal schedule: a step that starts up to :data:`MAX_LATE_S` late
+ends where it would have ended on time (catch-up).
+
+Each stream's latest Observation and its controller's Decision reach the scheduler through
+:meth:`LiveEngine.observe` (the pacing loop calls it every control interval) when the scheduler
+uses them (``uses_observations``). A sequence carries the request's reader hint (``reading_tps``,
+``ttft_expected_s``), so network-blind schedulers (Andes arXiv 2404.16283, TokenFlow arXiv
+2510.02758) can estimate the client's buffer as generated minus read-on-schedule.
 
 Streams leave within one step: before planning each step the engine asks every sequence's
 ``alive()`` (the server wires it to "the client's transport is still open") and cancels the dead
@@ -31,14 +40,17 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from controllers import Decision, Observation
 from scenarios.schema import ServerSpec
-from sim.node import FINISHED, RUNNING, Sequence, ServingNode
+from sim.model.schedulers import Scheduler
+from sim.model.serving import CANCELLED, FINISHED, RUNNING, Sequence, ServingCore, Step
 from sim.workload import RNG_VICTIM, rng_for
 
-__all__ = ["VOCABULARY", "EngineLog", "LiveEngine", "LiveSequence", "NullLog", "TeeLog", "TextGenerator"]
+__all__ = ["MAX_LATE_S", "VOCABULARY", "EngineLog", "LiveEngine", "LiveSequence", "NullLog", "TeeLog",
+           "TextGenerator"]
 
 _WORDS = """
     the a of to and in is that it for on with as was be by this are or at from an which have not but
@@ -76,7 +88,7 @@ class TextGenerator:
 
 
 class EngineLog:
-    """What the engine reports (sim.node.NodeLog); subclass and override what you need."""
+    """What the engine reports (sim.model.serving.NodeLog); subclass and override what you need."""
 
     def step(self, t: float, batch_id: int, batch_size: int, batch_tokens: int, duration_s: float,
              waiting: int, running: int, swapped: int, completed: int, kv_used: int) -> None:
@@ -120,8 +132,9 @@ class LiveSequence(Sequence):
     __slots__ = ("alive", "detached_s", "generated_at_detach", "zombie")
 
     def __init__(self, req_id: str, arrival_s: float, prompt_tokens: int, output_tokens: int,
-                 on_token: Callable[[float, int], None], alive: Callable[[], bool] | None = None) -> None:
-        super().__init__(req_id, arrival_s, prompt_tokens, output_tokens, on_token)
+                 on_token: Callable[[float, int], None], alive: Callable[[], bool] | None = None, *,
+                 reading_tps: float | None = None, ttft_expected_s: float = 1.0) -> None:
+        super().__init__(req_id, arrival_s, prompt_tokens, output_tokens, on_token, reading_tps, ttft_expected_s)
         self.alive: Callable[[], bool] = alive if alive is not None else (lambda: True)
         self.detached_s: float | None = None  # when the server first noticed the client was gone
         self.generated_at_detach: int | None = None
@@ -131,20 +144,6 @@ class LiveSequence(Sequence):
         if self.detached_s is None:
             self.detached_s = now
             self.generated_at_detach = self.generated
-
-
-class _Clock:
-    """The two things ServingNode asks of its SimPy environment outside ``_loop``."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-
-    @property
-    def now(self) -> float:
-        return self._clock()
-
-    def process(self, generator: Any) -> None:
-        generator.close()  # the SimPy step loop never runs; LiveEngine.run drives the node
 
 
 def _no_token(t_s: float, idx: int) -> None:
@@ -160,25 +159,27 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.error("the token engine stopped", exc_info=task.exception())
 
 
-class LiveEngine(ServingNode):
-    """sim.node.ServingNode driven by asyncio in real time. Call :meth:`start` inside a running loop.
+class LiveEngine:
+    """A :class:`ServingCore` stepped by an asyncio task in real time. Call :meth:`start` inside a running loop.
 
     A server runs for days, so nothing may pile up per request: a sequence that finishes or is
     cancelled drops its callbacks at once (they hold the handler's connection, buffers, stream state
-    and text generator: kept, they grew the server by ~14 KB a stream in ``bench/soak.py``), and
-    ``all_seqs`` keeps the last ``keep_seqs`` sequences only (None: all of them, which a recording
-    needs for its request traces).
+    and text generator: kept, they grew the server by ~14 KB a stream in ``bench/soak.py``) and leaves
+    the core's by-id index and observations, and ``all_seqs`` keeps the last ``keep_seqs`` sequences
+    only (None: all of them, which a recording needs for its request traces).
     """
 
     def __init__(self, spec: ServerSpec | None = None, *, seed: int = 1, log: Any = None,
-                 clock: Callable[[], float] = time.monotonic, keep_seqs: int | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, keep_seqs: int | None = None,
+                 scheduler: Scheduler | None = None) -> None:
         self.clock = clock
+        self.spec = spec if spec is not None else ServerSpec()  # type: ignore[call-arg]
         self.tee = TeeLog([log])
-        super().__init__(_Clock(clock), spec or ServerSpec(),  # type: ignore[arg-type,call-arg]
-                         rng_for(seed, RNG_VICTIM), self.tee)
+        self.core = ServingCore(self.spec, rng_for(seed, RNG_VICTIM), self.tee, scheduler)
         if keep_seqs is not None:
-            self.all_seqs = deque(maxlen=keep_seqs)  # type: ignore[assignment]
+            self.core.all_seqs = deque(maxlen=keep_seqs)  # type: ignore[assignment]
         self.seed = seed
+        self.uses_observations = self.core.scheduler.uses_observations
         self._event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.stepping = False  # a step is in flight
@@ -186,6 +187,55 @@ class LiveEngine(ServingNode):
         self.tokens_generated = 0
         self.tokens_after_detach = 0  # tokens made for sequences whose client was already seen gone
         self.zombie_streams = 0  # sequences given a token by a step planned after their client left
+
+    # ------------------------------------------------------------------ the core's state
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.core.scheduler
+
+    @property
+    def waiting(self) -> list[Sequence]:
+        return self.core.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        """Streams holding KV, a swap-in still on the host link included (as server.csv counts them)."""
+        core = self.core
+        return core.running + core.incoming if core.incoming else core.running
+
+    @property
+    def swapped(self) -> list[Sequence]:
+        return self.core.swapped
+
+    @property
+    def all_seqs(self) -> Iterable[Sequence]:
+        return self.core.all_seqs
+
+    @property
+    def kv_used(self) -> int:
+        return self.core.kv_used
+
+    @property
+    def completed(self) -> int:
+        return self.core.completed
+
+    @property
+    def steps(self) -> int:
+        return self.core.steps
+
+    @property
+    def busy_s(self) -> float:
+        return self.core.busy_s
+
+    def held(self) -> Iterator[Sequence]:
+        """Every sequence the engine holds: waiting, running, swapping in, preempted."""
+        core = self.core
+        for queue in (core.waiting, core.running, core.incoming, core.swapped):
+            yield from queue
+
+    def active(self) -> int:
+        core = self.core
+        return len(core.waiting) + len(core.running) + len(core.incoming) + len(core.swapped)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -207,44 +257,64 @@ class LiveEngine(ServingNode):
 
     # ------------------------------------------------------------------ inputs
     def new_sequence(self, req_id: str, prompt_tokens: int, output_tokens: int,
-                     on_token: Callable[[float, int], None], alive: Callable[[], bool] | None = None) -> LiveSequence:
-        return LiveSequence(req_id, self.clock(), max(1, prompt_tokens), max(1, output_tokens), on_token, alive)
+                     on_token: Callable[[float, int], None], alive: Callable[[], bool] | None = None, *,
+                     reading_tps: float | None = None, ttft_expected_s: float = 1.0) -> LiveSequence:
+        """A sequence arriving now; ``reading_tps`` and ``ttft_expected_s`` are the request's reader hint."""
+        return LiveSequence(req_id, self.clock(), max(1, prompt_tokens), max(1, output_tokens), on_token, alive,
+                            reading_tps=reading_tps, ttft_expected_s=ttft_expected_s)
 
-    def wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
+    def submit(self, seq: Sequence) -> None:
+        self.core.add(seq, self.clock())
+        self.wake()
+
+    def cancel(self, seq: Sequence) -> None:
+        """The client left: the stream is dropped at the next step boundary."""
+        if seq.state in (FINISHED, CANCELLED):
+            return
+        seq.cancel_requested = True  # by object, not id: a later stream may reuse a departed one's id
+        self.core.cancel_pending = True
+        self.wake()
 
     def detach(self, seq: LiveSequence) -> None:
         """The client is gone: record what it had, and drop it at the next step boundary."""
         seq.mark_detached(self.clock())
         self.cancel(seq)
 
-    def active(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self.swapped)
+    def observe(self, req_id: str, obs: Observation, decision: Decision) -> None:
+        """A stream's latest Observation and its controller's Decision, for the scheduler (if it uses them)."""
+        if self.uses_observations and req_id in self.core.by_id:  # a sequence that left is out of by_id
+            self.core.observe(req_id, obs, decision)
 
-    # ------------------------------------------------------------------ the step loop
-    @staticmethod
-    def _release(s: Sequence) -> None:
-        """``s`` has left (finished or cancelled): let go of its handler's callbacks."""
+    def wake(self) -> None:
+        """Something changed (arrival, cancel, a new rate): an idle engine re-plans now."""
+        if self._event is not None:
+            self._event.set()
+
+    # ------------------------------------------------------------------ leaving
+    def _release(self, s: Sequence) -> None:
+        """``s`` has left (finished or cancelled): let go of its handler's callbacks and its index entries."""
         s.on_token = _no_token
         if isinstance(s, LiveSequence):
             s.alive = _gone
+        core = self.core
+        if core.by_id.get(s.req_id) is s:
+            del core.by_id[s.req_id]
+            core.observations.pop(s.req_id, None)
 
     def _drop_cancelled(self, now: float) -> None:
-        dropped = [s for queue in (self.waiting, self.running, self.swapped) for s in queue if s.cancel_requested]
-        super()._drop_cancelled(now)
+        dropped = [s for s in self.held() if s.cancel_requested]
+        self.core.drop_cancelled(now)
         for s in dropped:
             self._release(s)
 
     def _reap(self, now: float) -> bool:
         """Mark the sequences whose client is gone; True if there were any."""
         found = False
-        for queue in (self.waiting, self.running, self.swapped):
-            for s in queue:
-                if not s.cancel_requested and isinstance(s, LiveSequence) and not s.alive():
-                    s.mark_detached(now)
-                    s.cancel_requested = True
-                    found = True
+        for s in self.held():
+            if not s.cancel_requested and isinstance(s, LiveSequence) and not s.alive():
+                s.mark_detached(now)
+                s.cancel_requested = True
+                found = True
         return found
 
     def _count_detached(self, s: Sequence, planned_s: float) -> None:
@@ -258,58 +328,48 @@ class LiveEngine(ServingNode):
             s.zombie = True  # type: ignore[attr-defined]
             self.zombie_streams += 1
 
+    # ------------------------------------------------------------------ the step loop
+    def _finish(self, step: Step, now: float, planned_s: float) -> None:
+        """End ``step`` at ``now`` through the core, then count and release per token made."""
+        # who gets a token: ServingCore.finish's rule (nothing changes a state while a step is in flight)
+        made = [*step.prefills, *(s for s in step.recomputes if s.state == RUNNING),
+                *(s for s in step.decodes if s.state == RUNNING)]
+        self.core.finish(step, now)
+        for s in made:
+            self._count_detached(s, planned_s)
+            if s.state == FINISHED:
+                self._release(s)
+        self.tokens_generated += len(made)
+        self.last_step = (now, step.batch_size, step.batch_tokens, step.duration_s)
+
     async def run(self) -> None:
         assert self._event is not None
         event = self._event
-        spec = self.spec
-        d0, d1 = spec.d0_s, spec.d1_s
-        prev_end: float | None = None  # nominal end of the previous step while the node stays busy
+        core = self.core
+        prev_end: float | None = None  # nominal end of the previous step while the engine stays busy
         while True:
             now = self.clock()
-            # drop what cancel() or a closed transport marked (ServingNode skips the scan when nothing was)
-            if self._reap(now) or getattr(self, "_cancel_pending", True):
-                self._cancel_pending = False
+            # drop what cancel() or a closed transport marked (the core's own drop in plan() is then a no-op)
+            if self._reap(now) or core.cancel_pending:
+                core.cancel_pending = False
                 self._drop_cancelled(now)
             planned_s = now  # departures seen by now have been dropped above
-            decodes, prefills = self._plan(now)
-            if not decodes and not prefills:
+            step = core.plan(now)
+            if step is None:
                 prev_end = None
                 event.clear()
-                ready = min((s.ready_at(now) for s in self.running), default=float("inf"))  # = _next_ready
-                timeout = max(ready - now, 1e-4) if ready < float("inf") else None
+                ready = core.next_ready(now)
+                timeout = max(ready - now, 1e-4) if ready is not None else None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout)
                 continue
-            batch_tokens = len(decodes) + sum(s.prompt_tokens for s in prefills)
-            duration = d0 + d1 * batch_tokens
-            self.steps += 1
             # back-to-back steps keep their nominal schedule: a late wake-up is made up next step
             start = prev_end if prev_end is not None and 0 <= now - prev_end <= MAX_LATE_S else now
-            end = start + duration
+            end = start + step.duration_s
             self.stepping = True
             try:
                 await asyncio.sleep(max(0.0, end - self.clock()))
             finally:
                 self.stepping = False
             prev_end = end
-            self.busy_s += duration
-            now = self.clock()
-            made = 0
-            for s in prefills:
-                self._make_token(s, now)
-                self._count_detached(s, planned_s)
-                if s.state == FINISHED:
-                    self._release(s)
-                made += 1
-            for s in decodes:
-                if s.state == RUNNING:
-                    self._make_token(s, now)
-                    self._count_detached(s, planned_s)
-                    if s.state == FINISHED:
-                        self._release(s)
-                    made += 1
-            self.tokens_generated += made
-            self.last_step = (now, len(decodes) + len(prefills), batch_tokens, duration)
-            self.log.step(now, self.steps, len(decodes) + len(prefills), batch_tokens, duration,
-                          len(self.waiting), len(self.running), len(self.swapped), self.completed, self.kv_used)
-
+            self._finish(step, self.clock(), planned_s)

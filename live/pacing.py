@@ -5,7 +5,10 @@ streams), folds each socket's sample into its connection (matched by SO_COOKIE, 
 transport's socket when the connection is first seen), and for every stream that is still
 generating builds the same :class:`controllers.Observation` the simulator builds
 (``sim/stream.py``), asks the stream's own controller for a rate and applies it as pacing credit
-(``sim.node.Sequence.set_rate``; the built-in engine and the upstream proxy both pace that way).
+(:meth:`sim.model.serving.PacingCredit.set_rate`: the built-in engine's sequences are one, and the
+upstream proxy releases through one). The Observation and the controller's Decision also go to the
+stream's ``observer`` when it has one: the built-in engine's scheduler, when it uses them (as the
+simulator hands them to its node).
 
 Byte accounting is exact: every connection's transport is wrapped so the bytes handed to it are
 counted (HTTP headers and chunked framing included), and each token's SSE event ends at a known
@@ -41,7 +44,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from controllers import Controller, Observation, ReaderEstimate
+from controllers import Controller, Decision, Observation, ReaderEstimate
 from controllers.ewma import Ewma
 from live.source import SocketStats, TelemetrySource, socket_cookie
 
@@ -224,7 +227,7 @@ def track_connection(transport: Any, tcp_congestion: str | None = None) -> ConnS
 
 # --------------------------------------------------------------------------- streams
 class RateTarget(Protocol):
-    """What a decided rate is applied to: the engine's Sequence or the proxy's release pacer."""
+    """What a decided rate is applied to: the engine's Sequence or the proxy's PacingCredit."""
 
     def set_rate(self, now: float, rate_tps: float | None) -> None: ...
 
@@ -248,6 +251,8 @@ class PacedStream:
         self.kind = kind
         self.target: RateTarget | None = None
         self.wake: Callable[[], None] | None = None
+        # (stream_id, obs, decision) each control interval: the engine's scheduler, if it uses them
+        self.observer: Callable[[str, Observation, Decision], None] | None = None
         self.rate_tps: float | None = None
         self.t_generated: list[float] = []
         self.t_sent: list[float] = []
@@ -407,7 +412,7 @@ class LiveMetrics:
         self.waiting = Gauge("tokenpace_engine_waiting", "requests waiting for admission", registry=r)
         self.polls = Counter("tokenpace_telemetry_polls", "telemetry polls", registry=r)
 
-    # the engine's log (sim.node.NodeLog)
+    # the engine's log (sim.model.serving.NodeLog)
     def step(self, t: float, batch_id: int, batch_size: int, batch_tokens: int, duration_s: float,
              waiting: int, running: int, swapped: int, completed: int, kv_used: int) -> None:
         self.steps.inc()
@@ -522,7 +527,10 @@ class PacingLoop:
             st = stats.get(s.conn.cookie) if s.conn is not None and s.conn.cookie is not None else None
             if s.generating and s.controller is not None:
                 obs = s.observe(now, st)
-                rate = s.controller.decide(obs).rate_tps
+                decision = s.controller.decide(obs)
+                if s.observer is not None:
+                    s.observer(s.stream_id, obs, decision)  # for the scheduler
+                rate = decision.rate_tps
                 s.last_obs = obs
                 observations.append(obs)
                 if self.recorder is not None:

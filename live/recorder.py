@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import time
@@ -70,7 +71,7 @@ from sim.record import (
 
 if TYPE_CHECKING:
     from live.pacing import PacedStream
-    from sim.node import Sequence
+    from sim.model.serving import Sequence
 
 __all__ = [
     "CLIENT_STREAMS",
@@ -87,6 +88,8 @@ __all__ = [
 
 SERVER_TOKENS, SERVER_STREAMS = "server_tokens.csv", "server_streams.csv"
 CLIENT_TOKENS, CLIENT_STREAMS = "client_tokens.csv", "client_streams.csv"
+_TRANSFER_EVENTS = frozenset(("swap_out", "swap_in"))
+_TRANSFER = re.compile(r"( B (?:to|from) host )(-?\d+(?:\.\d+)?)-(-?\d+(?:\.\d+)?)$")
 FLUSH_INTERVAL_S = 0.2  # the server's rows are handed to the OS at least this often (besides every N rows)
 
 
@@ -196,7 +199,7 @@ def mark_interrupted(run_dir: Path | str) -> None:
 
 # --------------------------------------------------------------------------- the server's half
 class LiveRecorder:
-    """The server's files for one controller; also the engine's log (sim.node.NodeLog)."""
+    """The server's files for one controller; also the engine's log (sim.model.serving.NodeLog)."""
 
     def __init__(self, run_dir: Path | str, controller: str, t0: float, *, kv_tokens: int,
                  ttft_expected_s: float = 1.0, flush_every: int = 64) -> None:
@@ -237,7 +240,18 @@ class LiveRecorder:
         self._maybe_flush()
 
     def event(self, t: float, kind: str, req_id: str, details: str = "") -> None:
+        if kind in _TRANSFER_EVENTS:
+            details = self._relative_transfer(details)
         self._events.write((self.rel(t), kind, req_id, details))
+
+    def _relative_transfer(self, details: str) -> str:
+        """A swap's host-link interval (``... N B to host START-END``, the engine's clock) on the
+        recording's clock, as every other time in these files."""
+        m = _TRANSFER.search(details)
+        if m is None:
+            return details
+        start, end = (float(x) - self.t0 for x in m.group(2, 3))
+        return f"{details[:m.start()]}{m.group(1)}{start:.6f}-{end:.6f}"
 
     def memory(self, t: float, kind: str, req_id: str, before: int, after: int, reason: str) -> None:
         self._memory.write((self.rel(t), kind, req_id, before, after, reason))

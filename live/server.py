@@ -18,11 +18,14 @@ Endpoints (aiohttp; binds 127.0.0.1 unless told otherwise):
   after that: must stay 0), ``tokenpace_orphaned_streams`` (streams still held whose connection is
   closed) and ``tokenpace_http_connections`` (connections open now).
 
-Tokens come from the built-in :class:`live.engine.LiveEngine` (the simulator's serving model in
-real time) or, with ``upstream``, from an OpenAI-compatible server (:mod:`live.upstream`). Either
-way each streamed response gets its own controller, run by :class:`live.pacing.PacingLoop` on the
-kernel telemetry of its own socket. Writes apply TCP backpressure: the transport's write buffer
-high-water mark is 0 and every token is drained into the kernel before the next is written.
+Tokens come from the built-in :class:`live.engine.LiveEngine` (the simulator's serving core in
+real time, scheduled by ``server.scheduler``) or, with ``upstream``, from an OpenAI-compatible server
+(:mod:`live.upstream`). Either way each streamed response gets its own controller, run by
+:class:`live.pacing.PacingLoop` on the kernel telemetry of its own socket; with the built-in engine,
+each control interval's Observation and Decision also reach the scheduler (when it uses them), and
+each sequence carries its request's reader hint (``reading_tps``, the configured ``ttft_expected_s``).
+Writes apply TCP backpressure: the transport's write buffer high-water mark is 0 and every token is
+drained into the kernel before the next is written.
 """
 
 from __future__ import annotations
@@ -115,6 +118,19 @@ class LiveConfig(BaseModel):
         None, description="TCP_CONGESTION set on every client connection (the lab: the path's cc); None: the "
         "system default")
     scenario: dict[str, Any] | None = Field(None, description="resolved scenario, recorded in run.json")
+
+    @model_validator(mode="after")
+    def _scheduler(self) -> LiveConfig:
+        from sim.model import schedulers
+
+        spec = self.server.scheduler
+        if spec.name not in schedulers.REGISTRY:
+            raise ValueError(f"server.scheduler.name: {schedulers.UnknownScheduler(spec.name)}")
+        problems = schedulers.validate_params(spec.name, spec.params)
+        if problems:
+            key, msg = problems[0]
+            raise ValueError(f"server.scheduler.params.{key}: {msg}")
+        return self
 
     @model_validator(mode="after")
     def _controller(self) -> LiveConfig:
@@ -405,8 +421,7 @@ class LiveServer:
         departure and the next step boundary (or the handler's next turn)."""
         ids: set[str] = set()
         if self.engine is not None:
-            for queue in (self.engine.waiting, self.engine.running, self.engine.swapped):
-                ids.update(q.req_id for q in queue if isinstance(q, LiveSequence) and not q.alive())
+            ids.update(q.req_id for q in self.engine.held() if isinstance(q, LiveSequence) and not q.alive())
         ids.update(sid for sid, ps in self.pacing.streams.items()
                    if not ps.ended and ps.conn is not None and ps.conn.closed)
         return len(ids)
@@ -437,11 +452,16 @@ class LiveServer:
             return
         self.recorder.t0 = self.t0
         cfg = self.config
+        scheduler = cfg.server.scheduler.model_dump() if self.engine is not None else None
+        scenario = cfg.scenario
+        if scenario is not None and scheduler is not None and isinstance(scenario.get("server"), dict):
+            # the scheduler that ran (--scheduler may have replaced the scenario's)
+            scenario = {**scenario, "server": {**scenario["server"], "scheduler": scheduler}}
         write_run_json(cfg.record_dir, controller=cfg.controller, params=cfg.controller_params,  # type: ignore[arg-type]
-                       scenario=cfg.scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
+                       scenario=scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
                        seed=cfg.seed, live={"t0_monotonic": self.t0, "boot_id": boot_id(), "iface": cfg.iface,
                                             "fault": cfg.fault, "upstream": cfg.upstream, "host": cfg.host,
-                                            "server_mode": self.mode,
+                                            "server_mode": self.mode, "scheduler": scheduler,
                                             **({"faults_t0_s": round(self.faults_t0 - self.t0, 6)}
                                                if self.faults_t0 is not None else {})})
 
@@ -525,9 +545,12 @@ class LiveServer:
         def alive() -> bool:
             return transport is not None and not transport.is_closing()
 
-        seq = engine.new_sequence(ps.stream_id, req.prompt_tokens, n_out, on_token, alive)
+        seq = engine.new_sequence(ps.stream_id, req.prompt_tokens, n_out, on_token, alive,
+                                  reading_tps=req.reading_tps, ttft_expected_s=self.config.ttft_expected_s)
         ps.target = seq
         ps.wake = engine.wake
+        if engine.uses_observations:
+            ps.observer = engine.observe
         resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-tokenpace-stream-id": ps.stream_id})
         self.pacing.register(ps)
         outcome = "cancelled"
@@ -582,8 +605,10 @@ class LiveServer:
             if idx + 1 >= n_out:
                 done.set()
 
+        # no reading pace: a non-streamed answer is read only once it is whole (no read-on-schedule)
         seq: LiveSequence = engine.new_sequence(f"req-{uuid.uuid4().hex[:8]}", req.prompt_tokens, n_out, on_token,
-                                                lambda: transport is not None and not transport.is_closing())
+                                                lambda: transport is not None and not transport.is_closing(),
+                                                ttft_expected_s=self.config.ttft_expected_s)
         engine.submit(seq)
         try:
             while not done.is_set():
@@ -652,7 +677,7 @@ class LiveServer:
             e = self.engine
             body["engine"] = {"steps": e.steps, "busy_s": e.busy_s, "waiting": len(e.waiting),
                               "running": len(e.running), "swapped": len(e.swapped), "kv_used": e.kv_used,
-                              "completed": e.completed}
+                              "completed": e.completed, "scheduler": e.scheduler.name}
         return web.json_response(body)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -795,7 +820,9 @@ async def serve(config: LiveConfig, telemetry: TelemetryArg = None, *,
     ``telemetry``: a TelemetrySource, a factory ``port -> TelemetrySource``, or None (no kernel
     telemetry: controllers see only what the server knows). ``ready`` is called once listening."""
     async with running_server(config, telemetry) as server:
-        log.info("tokenpace live: %s mode, controller %s, on %s", server.state.mode, config.controller, server.url)
+        sched = f", scheduler {config.server.scheduler.name}" if server.state.engine is not None else ""
+        log.info("tokenpace live: %s mode, controller %s%s, on %s", server.state.mode, config.controller, sched,
+                 server.url)
         if ready is not None:
             ready(server)
         if config.duration_s is not None:

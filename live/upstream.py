@@ -3,11 +3,12 @@
 A streamed request is forwarded with ``"stream": true``; the upstream's SSE events are read as
 fast as it sends them (up to ``buffer_tokens`` held tokens, beyond which reading stops and TCP
 pushes back on the upstream) and released to the client at the rate the connection's controller
-decides. Release uses the simulator's pacing credit (:class:`sim.node.Sequence`: a token may go
-when the credit reaches one; the credit accrues at the rate, capped at two tokens), so a live
-proxied stream is paced exactly like a simulated one. An event carrying text (``delta.content``
-or ``text``) is a token; other events (role only, usage, finish) are forwarded in order without
-spending credit. Events are forwarded byte for byte.
+decides. Release uses the simulator's pacing credit (:class:`sim.model.serving.PacingCredit`, through
+its public methods: ``eligible``, ``ready_at``, ``spend``; a token may go when the credit reaches one,
+the credit accrues at the rate, capped at two tokens), so a live proxied stream is paced exactly like
+a simulated one. An event carrying text (``delta.content`` or ``text``) is a token; other events
+(role only, usage, finish) are forwarded in order without spending credit. Events are forwarded
+byte for byte.
 
 When the client leaves, the upstream request is cancelled: its response is closed, which closes
 the connection to the upstream (vLLM and Ollama abort a request whose client went away).
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from live.pacing import apply_backpressure, write_token
 from live.sse import chunked_wire_size, event_data, is_token_event, split_sse
-from sim.node import Sequence
+from sim.model.serving import PacingCredit
 
 if TYPE_CHECKING:
     from live.server import CompletionRequest, LiveServer
@@ -109,7 +110,7 @@ class UpstreamProxy:
         clock = server.clock
         transport = request.transport
         ps = server.new_stream(request, req, "upstream")
-        credit = Sequence(ps.stream_id, clock(), req.prompt_tokens, req.output_tokens, lambda _t, _i: None)
+        credit = PacingCredit(clock())
         ps.target = credit
         events: deque[tuple[bytes, bool]] = deque()
         state = {"done": False, "held": 0}
@@ -189,9 +190,7 @@ class UpstreamProxy:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), max(wait, 1e-4))
                         continue
-                    credit.last_step_s = now  # the release spends credit exactly as a decode step does
-                    if credit.rate_tps is not None:
-                        credit.credit -= 1.0
+                    credit.spend(now)  # the release spends credit exactly as a decode step does
                 events.popleft()
                 await write_token(resp, writer, ev)
                 if token:

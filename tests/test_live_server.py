@@ -21,7 +21,7 @@ from live.pacing import PacingLoop
 from live.server import LiveConfig, running_server
 from live.source import FakeTelemetry, SocketStats
 from scenarios.schema import ServerSpec
-from sim.node import CREDIT_CAP_TOKENS
+from sim.model.serving import CREDIT_CAP_TOKENS
 
 openai = live_import("openai")
 
@@ -272,9 +272,9 @@ def test_per_connection_pacing_follows_each_sockets_telemetry() -> None:
 
     How fast the good stream goes is not a constant: the engine steps at most 1/d0 times a second,
     far fewer when the process is starved (another test, a busy core). So the good stream is judged
-    against the engine's own steps in the same run: a wrapper around the engine's batch planning
-    records every plan, who was in it and when pacing would next let the good stream in. Pacing
-    spends one credit when a stream joins a batch and gives it back at max_tps, so a stream held only
+    against the engine's own steps in the same run: a wrapper around the engine's batch planning (its
+    core's ``plan``) records every plan, who was in it and when pacing would next let the good stream
+    in. Pacing spends one credit when a stream joins a batch and gives it back at max_tps, so a stream held only
     by its own max_tps allowance is left out of a plan only within 1/max_tps of its last one, and
     is due again (the engine, if idle, sleeps until then) at most 1/max_tps after it -- however slow
     the machine. Held at the bad stream's 20 tok/s, it would be due only 50 ms after."""
@@ -288,16 +288,18 @@ def test_per_connection_pacing_follows_each_sockets_telemetry() -> None:
             tel.pacing = srv.state.pacing
             engine = srv.state.engine
             assert engine is not None
-            plan = engine._plan
+            core = engine.core
+            plan = core.plan
 
             def recorded_plan(now: float) -> Any:
-                decodes, prefills = plan(now)
-                good_in = any(q.req_id == "good-1" for q in decodes + prefills)
+                step = plan(now)
+                members = [] if step is None else [*step.decodes, *step.prefills, *step.recomputes]
+                good_in = any(q.req_id == "good-1" for q in members)
                 due = min((q.ready_at(now) for q in engine.running if q.req_id == "good-1"), default=now)
-                plans.append((now, bool(decodes or prefills), good_in, due))
-                return decodes, prefills
+                plans.append((now, step is not None, good_in, due))
+                return step
 
-            engine._plan = recorded_plan  # type: ignore[method-assign]
+            core.plan = recorded_plan  # type: ignore[method-assign]
             async with aiohttp.ClientSession() as s:
                 bad, good = await asyncio.gather(
                     sse_tokens(s, srv.url, chat_body(40), {"x-tokenpace-stream-id": "bad-1", "x-reading-tps": "9"}),

@@ -16,7 +16,7 @@ from conftest import live_import
 
 from live.server import LiveConfig, running_server
 from live.upstream import is_token_event, split_sse
-from sim.node import CREDIT_CAP_TOKENS
+from sim.model.serving import CREDIT_CAP_TOKENS
 
 openai = live_import("openai")
 pytestmark = pytest.mark.timeout(60)
