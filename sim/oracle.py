@@ -58,7 +58,8 @@ class PathKnowledge:
 class SimOracleView:
     """One stream's view: its reader exactly, its path's future capacity and current sharing."""
 
-    def __init__(self, req: Request, path: PathKnowledge, bytes_per_token: int, core: ServingCore | None = None) -> None:
+    def __init__(self, req: Request, path: PathKnowledge, bytes_per_token: int,
+                 core: ServingCore | None = None) -> None:
         self.reading_tps = req.reading_tps
         self.patience_s = req.patience_s
         self.output_tokens = req.output_tokens

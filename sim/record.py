@@ -42,7 +42,7 @@ from analysis.results import (
 from controllers import Observation
 
 if TYPE_CHECKING:
-    from sim.node import Sequence
+    from sim.model.serving import Sequence
     from sim.stream import SimStream
 
 # The big files (a row per token, per stream per control interval, per decode step, per path per

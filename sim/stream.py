@@ -16,8 +16,9 @@ import numpy as np
 
 from controllers import Controller, Observation, ReaderEstimate
 from sim.client import ABANDONED, Reader
+from sim.model.serving import Sequence
 from sim.network import PathRuntime
-from sim.node import Sequence, ServingNode
+from sim.node import ServingNode
 from sim.tcp import TcpConnection
 from sim.workload import Request
 

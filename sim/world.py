@@ -154,7 +154,7 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
             if not s.ended:
                 s.reader.cut(end_s)
         rec.flush_streams(all_streams)
-        rec.request_traces(node.all_seqs)
+        rec.request_traces(node.core.all_seqs)
         events = next(env._eid)  # SimPy keeps the event count only here
     packets = sum(p.link.sent_pkts for p in paths.values())
-    return end_s, events, packets, sum(q.generated for q in node.all_seqs)
+    return end_s, events, packets, sum(q.generated for q in node.core.all_seqs)

@@ -9,7 +9,8 @@ import pytest
 import simpy
 
 from scenarios.schema import ServerSpec
-from sim.node import CANCELLED, FINISHED, RUNNING, SWAPPED, Sequence, ServingNode
+from sim.model.serving import CANCELLED, FINISHED, RUNNING, SWAPPED, Sequence
+from sim.node import ServingNode
 
 
 class Log:
@@ -67,8 +68,8 @@ def test_hand_computed_steps():
     env.run(until=5)
     assert log.steps == [(0.2, 1, 10, 0.2), (0.36, 2, 6, 0.16), (0.48, 2, 2, 0.12)]
     assert tokens == {"A": [0.2, 0.36, 0.48], "B": [0.36, 0.48]}
-    assert node.steps == 3 and node.completed == 2 and node.kv_used == 0
-    assert node.busy_s == pytest.approx(0.48)
+    assert node.core.steps == 3 and node.core.completed == 2 and node.core.kv_used == 0
+    assert node.core.busy_s == pytest.approx(0.48)
 
 
 def test_budget_limits_prefill():
@@ -109,9 +110,9 @@ def test_paced_stream_skips_steps_but_keeps_memory():
     held: list[tuple[float, int, int]] = []  # (t, A's generated, kv_used) sampled mid-step while A is paced
     for k in range(1, 16):  # 0.15 .. 1.55 s: between steps, before A's last token at 1.6 s
         env.run(until=0.05 + 0.1 * k)
-        assert a.state == RUNNING and a in node.running, (env.now, a.state)
-        assert node.kv_used == (10 + a.generated) + (10 + b.generated), (env.now, node.kv_used)
-        held.append((env.now, a.generated, node.kv_used))
+        assert a.state == RUNNING and a in node.core.running, (env.now, a.state)
+        assert node.core.kv_used == (10 + a.generated) + (10 + b.generated), (env.now, node.core.kv_used)
+        held.append((env.now, a.generated, node.core.kv_used))
     assert [g for _, g, _ in held] == [1] * 5 + [2] * 5 + [3] * 5  # A skipped 4 of every 5 steps B took
     env.run(until=10)
     assert tokens["A"] == [0.1, pytest.approx(0.6), pytest.approx(1.1), pytest.approx(1.6)]
@@ -119,7 +120,7 @@ def test_paced_stream_skips_steps_but_keeps_memory():
     assert len(gaps) == 3 and np.allclose(gaps, 0.5)  # 2 tokens/s exactly, on step boundaries
     assert len(tokens["B"]) == 30
     assert w.log.memory_log == []  # no swap-out or swap-in: A's memory was held throughout
-    assert a.swap_count == 0 and node.kv_used == 0  # and freed when both finished
+    assert a.swap_count == 0 and node.core.kv_used == 0  # and freed when both finished
 
 
 def test_paused_node_idles_until_rate_rises():
@@ -134,7 +135,7 @@ def test_paused_node_idles_until_rate_rises():
     node.wake()
     env.run(until=5)
     assert tokens["A"] == [0.1, pytest.approx(3.1), pytest.approx(3.2)]
-    assert node.busy_s == pytest.approx(0.3)
+    assert node.core.busy_s == pytest.approx(0.3)
 
 
 def test_cancel_takes_effect_within_one_step():
@@ -146,7 +147,7 @@ def test_cancel_takes_effect_within_one_step():
     env.run(until=5)
     assert seqs["A"].state == CANCELLED
     assert len(tokens["A"]) == 6  # the step running at 0.55 finishes (0.6), nothing after
-    assert node.kv_used == 0
+    assert node.core.kv_used == 0
 
 
 def test_swapped_state_visible():
