@@ -225,6 +225,39 @@ class Problems:
         return None if problems else params
 
 
+    # ------------------------------------------------------------------ the lab's entries
+    def entry(self, where: str, entry: str) -> bool:
+        """An entry ``CONTROLLER`` or ``CONTROLLER@SCHEDULER`` (``python -m live lab``'s ``--controllers``
+        or the scenario's ``controllers:``): well formed, a known controller and scheduler, each unknown
+        name with the closest known one (:func:`scenarios.loader.entry_problems`, as ``python -m sim``)."""
+        import controllers
+        from scenarios.loader import entry_problems
+        from sim.model import schedulers
+
+        wrong = entry_problems(entry, list(controllers.REGISTRY), list(schedulers.REGISTRY))
+        for msg in wrong:
+            self.add(where, msg)
+        return not wrong
+
+    def scheduler_names(self, flag: str, text: str | None) -> list[str] | None:
+        """``a,b``: the schedulers named (None: the flag is absent, or a problem was added), each unknown
+        one with the closest known name."""
+        from scenarios.loader import did_you_mean
+        from sim.model import schedulers
+
+        if text is None:
+            return None
+        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        known = sorted(schedulers.REGISTRY)
+        if not names:
+            self.add(flag, f"no scheduler named (got {text!r}); known: {', '.join(known)}")
+            return None
+        unknown = [n for n in names if n not in schedulers.REGISTRY]
+        for n in unknown:
+            self.add(flag, f"unknown scheduler {n!r}{did_you_mean(n, known)}; known: {', '.join(known)}")
+        return None if unknown else names
+
+
 def _non_finite(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)

@@ -10,10 +10,10 @@ are reproduced on this kernel, which has no sch_netem. ``--link qdisc`` joins th
 shaped by qdiscs instead (:class:`live.faults.FaultPlayer`: netem where the kernel has it, else tbf
 + a tc-bpf dropper, without delay; a trace becomes a rate updated every 100 ms).
 
-For each controller the scenario lists (or ``--controllers``), it
+For each entry the scenario lists (or ``--controllers``), it
 
 1. starts the server with that controller in ``a``, with eBPF telemetry, recording into
-   ``DIR/<controller>/`` (a fresh user-space link each time: the same path from time 0);
+   ``DIR/<entry>/`` (a fresh user-space link each time: the same path from time 0);
 2. starts the load client in ``b`` with the scenario's arrivals, outputs and readers; once it is
    ready, one instant just ahead becomes time 0 of the load, of the server's recording and of the
    path's timeline (faults, schedules, traces), so all three line up as in the simulator. What is
@@ -21,6 +21,13 @@ For each controller the scenario lists (or ``--controllers``), it
    while the server starts, so that at time 0 only cheap steps are left; a step applied late is
    logged and listed in run.json (``lab.runs[].late_steps``);
 3. stops the server and the path, and merges the server's and the client's halves.
+
+Entries are the simulator's (:mod:`scenarios.loader`): ``CONTROLLER`` runs on the scenario's
+``server.scheduler`` (or ``--scheduler``'s), ``CONTROLLER@SCHEDULER`` on that scheduler -- with the
+scenario's parameters when it is the scenario's scheduler, else its defaults -- and ``--schedulers a,b``
+makes each plain entry one per scheduler, exactly as ``python -m sim --schedulers``; the server's
+engine runs the entry's scheduler, the entry names the results folder (``DIR/buffer@tokenpace/``) and
+run.json's ``entries`` records each one's controller and scheduler, as the simulator's does.
 
 Then ``DIR/run.json`` says mode ``lab`` and lists every controller run, and ``DIR/summary.json``
 holds the metrics (``analysis.metrics.summarize_run``). Namespaces, qdiscs, BPF programs, the link
@@ -58,7 +65,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -155,25 +162,48 @@ def _rate_point(p: dict[str, float]) -> Any:
     return RatePoint(**p)
 
 
-def _lab_controllers(scn: Any, requested: str | None, problems: Any) -> tuple[list[str], list[str]]:
-    """The controllers to run (``--controllers`` or the scenario's) and the sim-only ones skipped;
-    unknown names, or nothing left to run, are added to ``problems`` (a live.argcheck.Problems)."""
+def _lab_controllers(loaded: Any, requested: str | None, problems: Any,
+                     scheduler_names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The entries to run (``--controllers`` or the scenario's, each plain one expanded per scheduler of
+    ``--schedulers`` as :func:`scenarios.loader.expand_entries` does for the simulator) and the sim-only
+    ones skipped. Malformed entries, unknown controllers or schedulers (with the closest known name),
+    invalid parameters, or nothing left to run are added to ``problems`` (a live.argcheck.Problems)."""
     import controllers
+    from scenarios.loader import entry_params, entry_params_key, expand_entries, key_text, split_entry
 
-    names = [c.strip() for c in requested.split(",") if c.strip()] if requested is not None else list(scn.controllers)
+    scn = loaded.scenario
+    names = ([c.strip() for c in requested.split(",") if c.strip()] if requested is not None
+             else list(scn.controllers))
     out: list[str] = []
     skipped: list[str] = []
-    for name in names:
-        if name not in controllers.REGISTRY:
-            problems.controller("--controllers", name)
-        elif controllers.get(name).sim_only:
+    for name in expand_entries(names, scheduler_names):
+        where = "--controllers" if requested is not None else f"{loaded.path}: controllers.{key_text(name)}"
+        if not problems.entry(where, name):
+            continue
+        controller = split_entry(name)[0]
+        if controllers.get(controller).sim_only:
             skipped.append(name)
-        elif name not in out:
-            out.append(name)
+            continue
+        key = entry_params_key(scn, name) or name
+        for k, msg in controllers.validate_params(controller, entry_params(scn, name)):
+            problems.add(f"{loaded.path}: controllers.{key_text(key)}.{key_text(k)}", msg)
+        out.append(name)
     if not out and not problems:
         problems.add("--controllers" if requested is not None else "SCENARIO",
                      "no controller that can run live" + (f" ({', '.join(skipped)}: sim only)" if skipped else ""))
     return out, skipped
+
+
+def entry_plan(loaded: Any, names: Sequence[str], schedulers: dict[str, str], seed: int = 0,
+               out: Path = Path()) -> Any:
+    """The simulator's plan of these entries (``sim.runner.Plan``: entry -> parameters and scheduler),
+    whose ``scenario_for``, ``controller_of``, ``scheduler_of`` and ``entry_info`` the lab uses too, so
+    that an entry runs on the same scheduler, with the same parameters, in the lab as in the simulator."""
+    from scenarios.loader import entry_params
+    from sim.runner import Plan
+
+    return Plan(loaded, {n: dict(entry_params(loaded.scenario, n)) for n in names}, seed, out,
+                {n: schedulers[n] for n in names})
 
 
 def _check_congestion_control(cc: str) -> None:
@@ -333,10 +363,11 @@ class _TunTimeline:
 def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller: str, out: Path, port: int,
                     streams: int | None, time_limit_s: float, seed: int | None,
                     log: Callable[[str], None], cross: Sequence[tuple[str, Any]] = (),
-                    cc: str | None = None) -> dict[str, Any]:
-    """One controller's run. ``cross``: (path, its ``CrossTraffic``) for each path with bulk cross
-    traffic, generated by :mod:`live.crosstraffic` on the same clock. ``cc``: the congestion control the
-    server sets on its connections (None: the system default)."""
+                    cc: str | None = None, scheduler: str | None = None) -> dict[str, Any]:
+    """One entry's run (``controller``: ``CONTROLLER`` or ``CONTROLLER@SCHEDULER``, its folder's name;
+    ``scheduler``: the one its server's engine runs, None: the scenario's). ``cross``: (path, its
+    ``CrossTraffic``) for each path with bulk cross traffic, generated by :mod:`live.crosstraffic` on the
+    same clock. ``cc``: the congestion control the server sets on its connections (None: the system default)."""
     from live.crosstraffic import CrossTrafficError, cross_traffic
 
     url = f"http://{pair.addr_a}:{port}"
@@ -347,6 +378,8 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
     server_cmd = [PY, "-m", "live.lab", "--serve-child", "--scenario", str(scenario_file), "--controller",
                   controller, "--host", pair.addr_a, "--port", str(port), "--record", str(out), "--iface",
                   pair.if_a, "--duration", f"{time_limit_s + 60:g}"] + (["--tcp-congestion", cc] if cc else [])
+    if scheduler is not None:
+        server_cmd += ["--scheduler", scheduler]
     server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL, stdin=subprocess.PIPE)
     client: subprocess.Popen[str] | None = None
     try:
@@ -362,7 +395,7 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
                 raise LabError(f"cross traffic on path {path}: {exc}") from None
         health = _wait_ready(pair.ns_b, url, server, READY_TIMEOUT_S)
         log(f"[lab]   server ready in {time.monotonic() - t_start:.1f} s ({health.get('mode')} mode, "
-            f"controller {health.get('controller')})")
+            f"controller {health.get('controller')}, scheduler {(health.get('engine') or {}).get('scheduler')})")
         client_cmd = [PY, "-m", "live", "client", url, "--scenario", str(scenario_file), "--out", str(out),
                       "--time-limit", f"{time_limit_s:g}", "--sync-stdin"]
         if streams is not None:
@@ -407,7 +440,8 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
             log(f"[lab]   path: {exc}")
     if server.returncode not in (0, -signal.SIGINT, 130):
         raise LabError(f"server for {controller} exited with rc={server.returncode}: {_tail(server)[-1500:]}")
-    res = {"controller": controller, "port": port, "wall_s": round(time.monotonic() - t_start, 3), **path_summary}
+    res = {"controller": controller, **({"scheduler": scheduler} if scheduler is not None else {}), "port": port,
+           "wall_s": round(time.monotonic() - t_start, 3), **path_summary}
     if generators:
         res["cross_traffic"] = {path: gen.summary() for path, gen in generators}
         for path, summary in res["cross_traffic"].items():
@@ -418,19 +452,29 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
 
 
 # --------------------------------------------------------------------------- the lab
-def _start_run_json(out: Path, loaded: Any, names: list[str], seed: int, lab_info: dict[str, Any]) -> None:
-    """run.json before the first controller starts: mode lab, the controllers planned, ``status`` running
-    and none ``finished`` -- what a killed lab leaves (each server child adds its own details)."""
-    import controllers as ctrl_pkg
+def entries_info(plan: Any) -> dict[str, Any]:
+    """What run.json says of the entries, as ``python -m sim`` writes it (:func:`sim.runner.run_info`):
+    the scenario file's resolved scenario, each entry's parameters, label and colour, and ``entries``
+    (its controller and scheduler). The server children rewrite some of these keys; the lab puts them back."""
+    from sim.runner import entry_info
+
+    names = list(plan.controllers)
+    return {"scenario": plan.loaded.resolved(), "controller_params": plan.controllers,
+            "controller_info": {n: entry_info(plan, n) for n in names},
+            "entries": {n: {"controller": plan.controller_of(n), "scheduler": plan.scheduler_of(n)} for n in names}}
+
+
+def _start_run_json(out: Path, loaded: Any, names: list[str], seed: int, lab_info: dict[str, Any],
+                    entries: dict[str, Any]) -> None:
+    """run.json before the first entry starts: mode lab, the entries planned (``entries``: what
+    :func:`entries_info` says of them), ``status`` running and none ``finished`` -- what a killed lab
+    leaves (each server child adds its own details)."""
     from live.recorder import _git_rev, _versions
     from sim.record import RUNNING, write_json_durably
 
     scn = loaded.scenario
-    display = ctrl_pkg.display_info()
     write_json_durably(out / "run.json", {
-        "mode": "lab", "scenario": loaded.resolved(), "scenario_file": str(loaded.path), "controllers": names,
-        "controller_params": {n: dict(scn.controllers.get(n) or {}) for n in names},
-        "controller_info": {n: display.get(n, {"label": n, "color": "#333333"}) for n in names},
+        "mode": "lab", "scenario_file": str(loaded.path), "controllers": names, **entries,
         "seed": seed, "slo_qoe": scn.slo.qoe, "control_interval_s": scn.control_interval_s,
         "versions": _versions(), "git_rev": _git_rev(), "status": RUNNING, "finished": [], "lab": lab_info,
     })
@@ -446,7 +490,8 @@ def _controller_finished(out: Path, name: str, names: list[str], ran: list[str])
 
 
 def _finish(out: Path, ran: list[str], lab_info: dict[str, Any], log: Callable[[str], None],
-            names: list[str] | None = None, interrupted: bool = False) -> dict[str, Any] | None:
+            names: list[str] | None = None, interrupted: bool = False,
+            entries: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Merge, then run.json: the controllers planned minus those that failed (named in ``lab.runs``),
     ``finished`` those that ran, ``status`` interrupted or -- once summary.json is written -- complete."""
     from analysis.metrics import summarize_run
@@ -463,8 +508,11 @@ def _finish(out: Path, ran: list[str], lab_info: dict[str, Any], log: Callable[[
     listed = [n for n in (names if names is not None else ran) if n not in failed]
     info["mode"] = "lab"
     info["controllers"] = listed
-    info["controller_info"] = {n: v for n, v in (info.get("controller_info") or {}).items() if n in listed}
-    info["controller_params"] = {n: v for n, v in (info.get("controller_params") or {}).items() if n in listed}
+    if entries is not None:  # as planned (the servers wrote their own scenario, labels and parameters)
+        info.update(entries)
+    for key in ("controller_info", "controller_params", "entries"):
+        if isinstance(info.get(key), dict):
+            info[key] = {n: v for n, v in info[key].items() if n in listed}
     info["finished"] = in_order(listed, ran)
     info["status"] = INTERRUPTED if interrupted else RUNNING
     info["lab"] = lab_info
@@ -486,12 +534,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m live lab",
         description="Run a scenario on a private kernel network (two network namespaces joined by veth): for "
-        "each controller, the paced server with eBPF telemetry in one namespace, the scenario's path shaped "
-        "on its egress, the load client in the other. Writes DIR/run.json (mode lab), DIR/<controller>/, "
+        "each entry (CONTROLLER or CONTROLLER@SCHEDULER), the paced server with eBPF telemetry in one namespace, "
+        "the scenario's path shaped on its egress, the load client in the other. Writes DIR/run.json (mode lab), "
+        "DIR/<entry>/, "
         "DIR/summary.json. Needs root.")
     p.add_argument("scenario", help="scenario file or built-in name")
     p.add_argument("--out", type=Path, required=True, help="results folder (new or empty)")
-    p.add_argument("--controllers", help="comma-separated controllers (default: the scenario's)")
+    p.add_argument("--controllers", help="comma-separated entries, CONTROLLER or CONTROLLER@SCHEDULER (default: "
+                   "the scenario's)")
+    p.add_argument("--scheduler", help="the scheduler plain entries run on (default: the scenario's "
+                   "server.scheduler; its parameters when it is the same one, else the scheduler's defaults)")
+    p.add_argument("--schedulers", help="comma-separated schedulers: each plain entry runs once per scheduler, as "
+                   "CONTROLLER@SCHEDULER (as python -m sim --schedulers)")
     p.add_argument("--path", help="play only this one of the scenario's paths, every stream over it (default: "
                    "all paths, each stream over its own; with --link qdisc: the first)")
     p.add_argument("--streams", type=int, help="requests per controller (default: the scenario's)")
@@ -519,13 +573,15 @@ class LabPlan:
     names: list[str]
     skipped: list[str]
     out: Path
+    schedulers: dict[str, str] = field(default_factory=dict)  # entry -> the scheduler its server runs
 
 
 def validate(argv: Sequence[str] | None = None) -> LabPlan:
     """Parse and check the command line, every problem named by its flag or file and key
     (a :class:`scenarios.cli_errors.BadInput`); reads files, creates nothing."""
     from live.argcheck import Problems
-    from scenarios.loader import find_scenario
+    from scenarios.loader import find_scenario, split_entry
+    from sim.model import schedulers as sched_registry
 
     args = _parser().parse_args(argv)
     problems = Problems()
@@ -544,12 +600,30 @@ def validate(argv: Sequence[str] | None = None) -> LabPlan:
     path = args.path or next(iter(scn.paths))
     if args.path is not None and path not in scn.paths:
         problems.add("--path", f"{path!r} is not one of the scenario's paths ({', '.join(scn.paths)})")
-    names, skipped = _lab_controllers(scn, args.controllers, problems)
+    sched_names = problems.scheduler_names("--schedulers", args.schedulers)
+    default_sched = scn.server.scheduler.name
+    if args.scheduler is not None:
+        if args.schedulers is not None:
+            problems.add("--scheduler", "has no effect with --schedulers (each plain entry runs on each of those); "
+                         "give one of them")
+        else:
+            one = problems.scheduler_names("--scheduler", args.scheduler)
+            if one is not None and len(one) > 1:
+                problems.add("--scheduler", f"one scheduler (got {args.scheduler!r}; for several: --schedulers)")
+            elif one is not None:
+                default_sched = one[0]
+    elif default_sched not in sched_registry.REGISTRY:
+        problems.add(f"{loaded.path}: server.scheduler.name", str(sched_registry.UnknownScheduler(default_sched)))
+    if default_sched == scn.server.scheduler.name:
+        for key, msg in sched_registry.validate_params(default_sched, scn.server.scheduler.params):
+            problems.add(f"{loaded.path}: server.scheduler.params.{key}", msg)
+    names, skipped = _lab_controllers(loaded, args.controllers, problems, sched_names)
     if names and args.port + len(names) - 1 > 65535:
         problems.add("--port", f"{args.port} + {len(names) - 1} (one port per controller) is beyond 65535")
     problems.raise_if_any()
+    used = {n: split_entry(n)[1] or default_sched for n in names}
     return LabPlan(args, loaded, Path(find_scenario(args.scenario)).resolve(), path, names, skipped,
-                   args.out.resolve())
+                   args.out.resolve(), used)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -610,15 +684,16 @@ def run(plan: LabPlan) -> int:
     cross = [(name, spec.cross_traffic) for name, spec in plays
              if spec.cross_traffic is not None and backend == "tun"]
     out.mkdir(parents=True, exist_ok=True)
+    entries = entries_info(entry_plan(loaded, names, plan.schedulers, seed, out))
     log(f"[lab] scenario {scn.name}, path{'s' if len(played) > 1 else ''} {', '.join(played)}, controllers "
-        f"{', '.join(names)}; played by {backend}; results in {out}")
+        f"{', '.join(f'{n} (scheduler {plan.schedulers[n]})' for n in names)}; played by {backend}; results in {out}")
     for note in notes:
         log(f"[lab] not reproduced: {note}")
     lab_info: dict[str, Any] = {"path": path, "paths": played, "backend": backend, "notes": notes, "cc": stream_cc,
                                 "time_limit_s": time_limit_s, "streams": args.streams, "seed": seed, "runs": [],
                                 "netns": []}
     faults = scn.faults_for(path)
-    _start_run_json(out, loaded, names, seed, lab_info)
+    _start_run_json(out, loaded, names, seed, lab_info, entries)
 
     @contextlib.contextmanager
     def network() -> Iterator[tuple[Any, Callable[[Any], Any]]]:
@@ -651,7 +726,7 @@ def run(plan: LabPlan) -> int:
                     log(f"[lab] ({i + 1}/{len(names)}) {name}: server in {pair.ns_a}, load client in {pair.ns_b}")
                     try:
                         res = _run_controller(pair, timeline_for(pair), scenario_file=scenario_file, controller=name,
-                                              cross=cross, cc=stream_cc,
+                                              cross=cross, cc=stream_cc, scheduler=plan.schedulers.get(name),
                                               out=out, port=args.port + i, streams=args.streams,
                                               time_limit_s=time_limit_s, seed=args.seed, log=log)
                     except LabError as exc:
@@ -672,7 +747,7 @@ def run(plan: LabPlan) -> int:
         update_run_json(out, {"status": INTERRUPTED, "finished": in_order(names, ran)})
         raise
     lab_info["wall_s"] = round(time.monotonic() - t0, 3)
-    summary = _finish(out, ran, lab_info, log, names=names, interrupted=rc == EXIT_INTERRUPTED)
+    summary = _finish(out, ran, lab_info, log, names=names, interrupted=rc == EXIT_INTERRUPTED, entries=entries)
     if summary is not None:
         log(f"[lab] wrote {out}/run.json (mode lab) and summary.json in {lab_info['wall_s']:.1f} s "
             f"(plots: python -m analysis {out})")
@@ -685,7 +760,8 @@ def _serve_child(argv: list[str]) -> int:
     its own fault player — the lab shapes the interface — stopping cleanly on SIGINT/SIGTERM."""
     p = argparse.ArgumentParser(prog="python -m live.lab --serve-child")
     p.add_argument("--scenario", required=True)
-    p.add_argument("--controller", required=True)
+    p.add_argument("--controller", required=True, help="the entry: CONTROLLER or CONTROLLER@SCHEDULER")
+    p.add_argument("--scheduler", help="the scheduler the engine runs (default: the entry's, else the scenario's)")
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--record", type=Path, required=True)
@@ -698,11 +774,19 @@ def _serve_child(argv: list[str]) -> int:
     from live.server import LiveConfig, serve
     from live.telemetry import BccTelemetry
     from scenarios import load_scenario
+    from scenarios.loader import split_entry
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = LiveConfig.from_scenario(load_scenario(args.scenario), args.controller, host=args.host, port=args.port,
+    loaded = load_scenario(args.scenario)
+    entry = args.controller
+    scheduler = args.scheduler or split_entry(entry)[1] or loaded.scenario.server.scheduler.name
+    plan = entry_plan(loaded, [entry], {entry: scheduler})
+    controller = plan.controller_of(entry)
+    config = LiveConfig.from_scenario(plan.scenario_for(entry), controller, host=args.host, port=args.port,
                                       record_dir=args.record, duration_s=args.duration, iface=args.iface,
-                                      fault="lab", tcp_congestion=args.tcp_congestion)
+                                      fault="lab", tcp_congestion=args.tcp_congestion,
+                                      controller_params=plan.controllers[entry],
+                                      entry=entry if entry != controller else None)
 
     def telemetry(port: int) -> BccTelemetry:
         return BccTelemetry(ports=[port], interval_s=config.control_interval_s)

@@ -118,6 +118,15 @@ class LiveConfig(BaseModel):
         None, description="TCP_CONGESTION set on every client connection (the lab: the path's cc); None: the "
         "system default")
     scenario: dict[str, Any] | None = Field(None, description="resolved scenario, recorded in run.json")
+    entry: str | None = Field(
+        None, description="the name the recording goes by -- its folder DIR/<entry>/, its key in run.json and "
+        "the controller /healthz reports (which names the load client's half): the lab's CONTROLLER@SCHEDULER "
+        "entries (scenarios.loader.split_entry); None: the controller's name")
+
+    @property
+    def record_name(self) -> str:
+        """The recording's folder and run.json key: the entry, else the controller."""
+        return self.entry or self.controller
 
     @model_validator(mode="after")
     def _scheduler(self) -> LiveConfig:
@@ -392,7 +401,7 @@ class LiveServer:
         self.metrics = LiveMetrics()
         self.recorder: LiveRecorder | None = None
         if config.record_dir is not None:
-            self.recorder = LiveRecorder(config.record_dir, config.controller, self.t0,
+            self.recorder = LiveRecorder(config.record_dir, config.record_name, self.t0,
                                          kv_tokens=config.server.kv_tokens, ttft_expected_s=config.ttft_expected_s)
         self.upstream: Any = None
         self.engine: LiveEngine | None = None
@@ -457,7 +466,7 @@ class LiveServer:
         if scenario is not None and scheduler is not None and isinstance(scenario.get("server"), dict):
             # the scheduler that ran (--scheduler may have replaced the scenario's)
             scenario = {**scenario, "server": {**scenario["server"], "scheduler": scheduler}}
-        write_run_json(cfg.record_dir, controller=cfg.controller, params=cfg.controller_params,  # type: ignore[arg-type]
+        write_run_json(cfg.record_dir, controller=cfg.record_name, params=cfg.controller_params,  # type: ignore[arg-type]
                        scenario=scenario, slo_qoe=cfg.slo_qoe, control_interval_s=cfg.control_interval_s,
                        seed=cfg.seed, live={"t0_monotonic": self.t0, "boot_id": boot_id(), "iface": cfg.iface,
                                             "fault": cfg.fault, "upstream": cfg.upstream, "host": cfg.host,
@@ -663,7 +672,7 @@ class LiveServer:
         body: dict[str, Any] = {
             "status": "ok" if self.engine_alive else "engine stopped",
             "mode": self.mode,
-            "controller": self.config.controller,
+            "controller": self.config.record_name,  # names the client's half: the lab's entry, if any
             "model": self.config.model,
             "active_streams": sum(1 for s in self.pacing.streams.values() if not s.ended),
             "control_interval_s": self.config.control_interval_s,
