@@ -66,7 +66,7 @@ class SimOracleView:
         self.bytes_per_token = bytes_per_token
         self.base_rtt_s = path.spec.rtt_ms / 1000
         self._path = path
-        self._core = core if core is not None and not core.scheduler.frees_paced_memory else None
+        self._core = core
 
     def capacity_bps(self, t0_s: float, t1_s: float) -> float:
         return self._path.capacity_bps(t0_s, t1_s)

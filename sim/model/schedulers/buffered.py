@@ -101,6 +101,12 @@ class BufferAware(Scheduler):
     def prepare(self, core: ServingCore, now: float) -> None:
         """Called at the start of every step (a subclass may update what it tracks per stream)."""
 
+    def run_ahead(self, core: ServingCore, s: Sequence, now: float) -> bool:
+        """While requests wait for memory, may the paced stream ``s`` (its credit below one) decode anyway?
+        A paced stream holds its memory while it skips steps; running it ahead of its pace until its reader's
+        buffer covers a preemption lets it give the memory up (``preempt_margin_s``). Default: never."""
+        return False
+
     # ------------------------------------------------------------------ the assessments the policy uses
     def _horizon(self, core: ServingCore, s: Sequence, now: float) -> float:
         return round_trip_s(core, s, now) + self.params.resume_margin_s  # type: ignore[attr-defined]
@@ -149,7 +155,10 @@ class BufferAware(Scheduler):
         max_running = spec.max_running or 1 << 30
         kv_total = spec.kv_tokens
         running, swapped, waiting, incoming = core.running, core.swapped, core.waiting, core.incoming
-        # 1. running streams the pacer allows, in FCFS order (fcfs's loop: credit accrues at every visit)
+        # 1. running streams the pacer allows, in FCFS order (fcfs's loop: credit accrues at every visit);
+        # while memory is short, a paced stream the policy lets run ahead decodes anyway (see run_ahead)
+        short = bool(swapped or incoming) or (bool(waiting) and (
+            core.kv_used + waiting[0].prompt_tokens + 1 > kv_total))
         decodes = []
         for s in running:
             rate = s.rate_tps
@@ -159,7 +168,9 @@ class BufferAware(Scheduler):
                     s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
                 s.credit_t = now
                 if not s.credit >= _READY:
-                    continue
+                    if not (short and self.run_ahead(core, s, now)):
+                        continue
+                    s.credit = 1.0  # the token is granted, not borrowed: pacing resumes from here
             decodes.append(s)
         del decodes[budget:]
         overflowed = False

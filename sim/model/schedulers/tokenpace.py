@@ -24,6 +24,11 @@ bytes and no acked progress for ``stall_s``) cannot feed its reader whatever the
 its memory up first of all, and is not brought back while the stall lasts (once acks flow again its
 slack, from a near-zero acked rate, makes it urgent).
 
+The other half of the coupling: while requests wait for KV memory, a paced stream on a path that keeps
+up runs ahead of its pacer (:meth:`Tokenpace.run_ahead`): memory held while skipping steps is what the
+waiting requests lack, and a stream ahead of its reader is the one that can give memory up. Pacing
+holds where memory does not bind, and on paths that cannot take the tokens.
+
 A stream without an Observation yet is treated as fcfs would treat it: never chosen to give memory
 up, brought back first and in preemption order; when memory overflows and no stream can afford a
 preemption, the victim is fcfs's (``server.victim_policy``). So with no observations at all, and
@@ -51,6 +56,10 @@ class TokenpaceParams(BufferParams):
     ack_window_s: float = Field(1.0, gt=0, description="time constant of the acked-rate average (s)")
     stall_s: float = Field(1.0, gt=0, description="a path with bytes queued and no acked progress for this "
                            "long is stalled (s)")
+    run_ahead_s: float | None = Field(None, ge=0, description="while requests wait for KV memory, a paced stream "
+                                      "on a path that keeps up decodes ahead of its pace until its reader holds "
+                                      "this much beyond a preemption's round trip (s of reading); null: no limit, "
+                                      "0: never")
 
 
 class _Path:
@@ -136,6 +145,30 @@ class Tokenpace(BufferAware):
         slack = (obs.client_buffer_est + deliverable) / r - t
         held = decision.rate_tps is not None or (s.rate_tps is not None and s.credit < _READY)
         return (HELD_BACK if held else FREE_RUNNING), slack
+
+    def run_ahead(self, core: ServingCore, s: Sequence, now: float) -> bool:
+        """While requests wait for KV memory, a paced stream on a path that keeps up (not stalled, nothing
+        retransmitted in the last interval, less than a second of reading made and not acked) decodes
+        although its pacer says "not yet" (until its slack reaches ``run_ahead_s``, if set).
+
+        Why: a paced stream holds its memory while it skips steps, and on a KV-bound node memory is what
+        the waiting requests lack. Its tokens reach a reader who is being fed (so they are not wasted unless
+        the reader leaves), it finishes sooner, and once ahead it is the first to give its memory up. A
+        stream on a slow or stalled path stays paced: tokens made for it would wait in a socket.
+        """
+        limit = self.params.run_ahead_s  # type: ignore[attr-defined]
+        if limit == 0:
+            return False
+        p = self._paths.get(s.req_id)
+        if p is None or self.stalled(s):
+            return False
+        obs = p.obs
+        reading = obs.reading_tps
+        # the path keeps up with what was made: less than a second of reading unacked, nothing retransmitted
+        if not reading or obs.retrans > 0 or s.generated - obs.acked_tokens > reading + 2:
+            return False
+        a = self._slack(core, s, now)
+        return a is not None and (limit is None or a[1] < limit)
 
     def fallback_victim(self, core: ServingCore, now: float) -> Sequence:
         """fcfs's victim (``server.victim_policy``)."""
