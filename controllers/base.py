@@ -98,7 +98,6 @@ class OracleView(Protocol):
         ...
 
     def memory_short(self, t_s: float) -> bool:
-        """At t_s, does a request wait for the serving node's memory that a stream holding it, paced,
-        keeps from it? False when the node has room, or when its scheduler takes memory from streams
-        that are ahead of their readers (then pacing does not hold memory)."""
+        """At t_s (the present: the sim answers from the node's state now), does a request wait for the
+        serving node's KV memory (a stream preempted, or the first waiting request does not fit)?"""
         ...

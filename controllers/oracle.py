@@ -1,11 +1,21 @@
 """Oracle: the simulator's knowledge of the future, used to pace as well as we know how.
 
-Simulation only: live mode has no future. It is the upper bound the other controllers are
-measured against. What it knows, from the ``OracleView`` the simulator attaches:
+Simulation only: live mode has no future. What it knows, from the ``OracleView`` the simulator
+attaches, and nothing else:
 
 * its reader exactly: pace ``reading_tps``, ``patience_s``, and the response length;
 * the future capacity of its bottleneck (``capacity_bps(t0, t1)``: fades, outages, trace dips),
-  the loss rate there, and how many streams are generating on that bottleneck right now.
+  the loss rate there, and how many streams are generating on that bottleneck right now;
+* the serving node's memory *now* (``memory_short``): whether a request waits for KV memory.
+
+What it does not know: the loss draws (only the rate), future arrivals, other streams' futures, and
+what the scheduler will do. So it is **not an upper bound** on QoE -- no pacing policy is one, since
+the node's batch and memory couple every stream to every other -- and it is not called one. It is the
+best pacing we know how to compute with that knowledge, and it is held to one promise, checked on every
+built-in scenario by the regression suite: it never scores below ``unpaced`` (beyond the 0.005 tie).
+What keeps that promise on a node whose memory binds is the last rule: a stream held back holds KV
+memory, so while a request waits for memory the oracle does not pace (the stream finishes sooner and
+its memory goes to the waiting request).
 
 How it uses it, each interval:
 
@@ -30,6 +40,7 @@ How it uses it, each interval:
    share -- not at all into an outage. And once it exceeds what *this connection* acked over the
    last second times ``inflight_s`` (at least ``min_inflight_tokens``), no faster than that ack
    rate: the link may be fine while the connection is stuck in loss recovery.
+6. While the node's memory is short (``memory_short``), it does not pace at all.
 """
 
 from __future__ import annotations
