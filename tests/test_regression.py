@@ -90,11 +90,14 @@ def test_golden_pinning_catches_the_smallest_printed_change() -> None:
 
 
 # --------------------------------------------------------------------------- pacing cuts waste
-# Where unpaced wastes tokens (the goldens: cellular-trace 4402, flash-outage 369, wifi-fade 2038). On
-# bursty-loss, gpu-overload, shared-bottleneck and steady-broadband it wastes none: no reader leaves
-# mid-stream with tokens in flight, nothing is there for pacing to cut, and the check would be 0 <= 0 --
-# passed by unpaced itself. test_case_lists_match_the_goldens keeps this list honest.
+# Where unpaced wastes tokens (the goldens: cellular-trace 4402, flash-outage 369, wifi-fade 2038: 0.66% to
+# 7.7% of what it made). On bursty-loss, gpu-overload, shared-bottleneck and steady-broadband it wastes none,
+# on kv-broadband and kv-mobile one token in ~110k (0.001%): no reader leaves mid-stream with tokens in
+# flight, nothing is there for pacing to cut, and the check would be 0 <= 0 -- passed by unpaced itself.
+# "Wastes" means at least WASTE_FRAC_MIN of the tokens made. test_case_lists_match_the_goldens keeps this
+# list honest.
 WASTE_SCENARIOS = ["cellular-trace", "flash-outage", "wifi-fade"]
+WASTE_FRAC_MIN = 0.001
 
 # Targets of issue 3 that are measured and NOT met (see README "Targets not met"). They stay asserted as
 # written: strict xfail turns green into a failure, so the day a controller meets one, this list must shrink.
@@ -151,7 +154,10 @@ def test_pacing_frees_gpu_under_overload(summaries) -> None:  # type: ignore[no-
 # "real" where it is at least two QoE ties (analysis.metrics.QOE_TIE = 0.005, the noise of nudging a
 # parameter): by the goldens, wifi-fade (oracle 0.9188 - unpaced 0.8654 = 0.0533) and cellular-trace
 # (0.8386 - 0.8235 = 0.0150). Elsewhere it is at most 0.0061 (bursty-loss), 0.0001 (gpu-overload), 0.00005
-# (shared-bottleneck), 0.00001 (flash-outage) and 0 (steady-broadband): nothing to close. The best paced
+# (shared-bottleneck), 0.00001 (flash-outage) and 0 (steady-broadband): nothing to close. On kv-broadband and
+# kv-mobile the oracle is 0.135 and 0.154 *below* unpaced: on fcfs a paced stream holds KV memory a waiting
+# request needs (the oracle goes unpaced only once a request waits, too late); with the tokenpace scheduler it
+# is not (tests/test_regression_schedulers.py). The best paced
 # controller closes 59% of it on wifi-fade (buffer 0.8968) and 119% on cellular-trace (mpc 0.8415, above the
 # oracle's 0.8386: the oracle knows the path, not the readers' patience), so the stated claim is "at least
 # half"; losing 0.005 QoE on wifi-fade would break it.
@@ -198,7 +204,7 @@ def test_gap_check_fails_if_unpaced_were_the_best(scenario: str) -> None:
 def test_case_lists_match_the_goldens() -> None:
     """The scenarios each claim is asserted on are exactly those where the goldens let it fail."""
     g = {name: golden(name)["controllers"] for name in SCENARIOS}
-    wasteful = [n for n in SCENARIOS if g[n]["unpaced"]["tokens_wasted"] > 0]
+    wasteful = [n for n in SCENARIOS if g[n]["unpaced"]["waste_frac"] >= WASTE_FRAC_MIN]
     real_gap = [n for n in SCENARIOS if g[n]["oracle"]["qoe_mean"] - g[n]["unpaced"]["qoe_mean"] > REAL_GAP_QOE]
     assert wasteful == WASTE_SCENARIOS
     assert real_gap == REAL_GAP_SCENARIOS
