@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_COMMAND", "SUBCOMMANDS", "build_parser", "main"]
 PROG = "python -m analysis"
 DEFAULT_COMMAND = "report"
 #: a first argument that is none of these is a results folder for the default command.
-SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train", "capacity")
+SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train", "capacity", "runs")
 PROGRESS_MIN_CONTROLLERS = 3  # show a progress bar while plotting from this many controllers
 
 
@@ -139,6 +139,23 @@ def _add_capacity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(func=_cmd_capacity)
 
 
+def _add_runs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from analysis.runs import EPILOG, add_arguments
+
+    p = sub.add_parser(
+        "runs",
+        help="experiment management: list, show, compare, archive, export runs under ROOT; stats",
+        description="Manage the runs under ROOT (folders holding run.json: sim, live, lab, capacity, sweep): "
+        "list them, show one, compare two metric by metric against the seed spread, archive old ones, "
+        "export one as a tarball, and total them up (seed 002's manage_experiments.sh).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    add_arguments(p)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    p.set_defaults(func=_cmd_runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -151,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
               python -m analysis compare SIM_DIR LIVE_DIR [--out DIR] [--no-plots]
               python -m analysis train INPUT [--out DIR] [--contamination 0.15] [--estimators 200] ...
               python -m analysis capacity DIR [--no-plots]    a capacity search's figure and table
+              python -m analysis runs ROOT list|show|compare|archive|export|stats   manage runs
 
             DIR holds run.json and one folder per controller with streams.csv and tokens.csv
             (plus telemetry.csv, server.csv, request_traces.csv, events.csv, links.csv when
@@ -162,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_train(sub)
     _add_capacity(sub)
+    _add_runs(sub)
     return parser
 
 
@@ -272,7 +291,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.metrics import format_table, summarize_run
     from analysis.report import write_report
     from analysis.style import controller_style
+    from analysis.sweep import is_sweep_folder, report_sweep
 
+    if is_sweep_folder(_results_dir("DIR", args.dir)):  # python -m sim sweep's folder: its figures
+        return report_sweep(args.dir, plots=not args.no_plots, console=_console(), warn=_warn)
     run = load_run(_results_dir("DIR", args.dir))
     _warn(run.warnings)
     summary = summarize_run(run)
@@ -399,6 +421,12 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
             figure = plot_capacity(rows, info, args.dir / "plots", colors)
             out.print(f"figure: {figure}", highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from analysis.runs import run_action
+
+    return run_action(args, _console(), _warn)
 
 
 def _normalise(argv: Sequence[str]) -> list[str]:

@@ -299,6 +299,13 @@ def _capacity(argv: list[str]) -> int:
     return main_capacity(argv)
 
 
+def _sweep(argv: list[str]) -> int:
+    """``python -m sim sweep``: a grid over scenario keys x seeds x controllers (:mod:`sim.sweep`)."""
+    from sim.sweep import main_sweep
+
+    return main_sweep(argv)
+
+
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["schema"]:
         argparse.ArgumentParser(prog=f"{PROG} schema", description="Print the scenario JSON Schema.",
@@ -314,6 +321,8 @@ def _main(argv: list[str]) -> int:
         return _check(argv[1:])
     if argv[:1] == ["capacity"]:
         return _capacity(argv[1:])
+    if argv[:1] == ["sweep"]:
+        return _sweep(argv[1:])
     return _run(argv)
 
 
