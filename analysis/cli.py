@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_COMMAND", "SUBCOMMANDS", "build_parser", "main"]
 PROG = "python -m analysis"
 DEFAULT_COMMAND = "report"
 #: a first argument that is none of these is a results folder for the default command.
-SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train", "capacity", "runs")
+SUBCOMMANDS: tuple[str, ...] = ("report", "compare", "train", "capacity", "runs", "sweep-export")
 PROGRESS_MIN_CONTROLLERS = 3  # show a progress bar while plotting from this many controllers
 
 
@@ -156,6 +156,36 @@ def _add_runs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_runs)
 
 
+def _add_sweep_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from analysis.seed004 import FORMATS
+
+    p = sub.add_parser(
+        "sweep-export",
+        help="seed 004's CSV (gpu_scaling, batch_analysis, cache_experiments) from a sweep folder",
+        description="Write seed 004's result CSV from a folder python -m sim sweep wrote: gpu_scaling "
+        "(parallelism,total_throughput,scale_factor,gpu_distribution,execution_time) from a sweep over "
+        "server.replicas, batch_analysis (batch_size,avg_wait_ms,avg_latency_ms,throughput_req_per_sec,"
+        "total_requests,efficiency_notes) from a sweep over server.max_running or server.batch_tokens, "
+        "cache_experiments (strategy,total_requests,cache_hits,hit_rate_percent,avg_latency_ms,strategy_config) "
+        "from a sweep over server.prefix_cache. "
+        "One row per value of the swept key, means over seeds (analysis/seed004.py defines each column).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            Writes DIR/<format>.csv (or --out FILE) and prints each row with its 95% interval over seeds.
+            exit codes: 0 done; 2 bad input (not a sweep folder, a grid key not pinned, a malformed file,
+            named on stderr); 1 internal error (rerun with --debug)."""),
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="folder written by python -m sim sweep")
+    p.add_argument("--format", required=True, choices=[*FORMATS, "cache_experiments"],
+                   help="which of seed 004's CSVs (cache_experiments: a sweep over server.prefix_cache)")
+    p.add_argument("--controller", default=None, help="whose runs (default: the sweep's first controller)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="pin another grid key to one of its values (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="the CSV file (default: DIR/<format>.csv)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    p.set_defaults(func=_cmd_sweep_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -169,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
               python -m analysis train INPUT [--out DIR] [--contamination 0.15] [--estimators 200] ...
               python -m analysis capacity DIR [--no-plots]    a capacity search's figure and table
               python -m analysis runs ROOT list|show|compare|archive|export|stats   manage runs
+              python -m analysis sweep-export DIR --format gpu_scaling|batch_analysis|cache_experiments
 
             DIR holds run.json and one folder per controller with streams.csv and tokens.csv
             (plus telemetry.csv, server.csv, request_traces.csv, events.csv, links.csv when
@@ -181,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_capacity(sub)
     _add_runs(sub)
+    _add_sweep_export(sub)
     return parser
 
 
@@ -427,6 +459,46 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from analysis.runs import run_action
 
     return run_action(args, _console(), _warn)
+
+
+def _cmd_sweep_export(args: argparse.Namespace) -> int:
+    from analysis.seed004 import export
+    from analysis.sweep import is_sweep_folder
+
+    folder = _results_dir("DIR", args.dir)
+    if not is_sweep_folder(folder):
+        raise BadInput(f"DIR {args.dir}", "not a sweep folder (its run.json has no mode: sweep; python -m sim "
+                       "sweep writes one)")
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput("--where", f"expected KEY=VALUE (got {item!r})")
+        where[key] = value
+    out = args.out if args.out is not None else folder / f"{args.format}.csv"
+    st = _stat(f"--out {out}", out)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"--out {out}", "is a folder, not a file")
+    if args.format == "cache_experiments":
+        from analysis.seed004_cache import write_cache_experiments
+
+        written = write_cache_experiments(folder, out, controller=args.controller)
+        _console().print(written.read_text(encoding="utf-8").rstrip(), highlight=False, soft_wrap=True)
+        _console().print(f"csv: {written}", soft_wrap=True)
+        return EXIT_OK
+    result = export(folder, args.format, args.controller, where)
+    if not result.rows:
+        raise BadInput(f"DIR {args.dir}", f"no finished run of {result.controller} to export")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.text, encoding="utf-8")
+    console = _console()
+    console.print(f"{args.format} ({result.controller}, over {result.key}; means over seeds, 95% interval):")
+    for row, ivs in zip(result.rows, result.intervals, strict=True):
+        spread = ", ".join(f"{k} {v['mean']:.4g}" + ("" if v["half_width"] is None else f" ± {v['half_width']:.2g}")
+                           for k, v in ivs.items() if v["mean"] is not None)
+        console.print(f"  {','.join(str(x) for x in row.values())}   [{spread}]", soft_wrap=True)
+    console.print(f"csv: {out}", soft_wrap=True)
+    return EXIT_OK
 
 
 def _normalise(argv: Sequence[str]) -> list[str]:

@@ -24,6 +24,9 @@ screen). Per controller (keys of summary.json):
 * ``gpu_busy_frac`` — Σ batch_duration (server.csv) / run time; null without server.csv.
 * ``peak_queued_bytes`` — most bytes written but not yet acked for one stream
   (telemetry.csv); ``mean_rate_tps`` — mean paced rate over telemetry rows that were paced.
+* Only when the node looked prefixes up in a prefix cache (``server.prefix_cache``; events.csv's
+  ``cache_hit`` / ``cache_miss`` rows): ``cache_lookups``, ``cache_hits``, ``cache_hit_rate``,
+  ``cache_prefill_tokens_saved`` (prefix tokens the hits did not prefill) and ``cache_evictions``.
 
 Quantiles use numpy's "linear" rule. A metric over an empty set is ``None`` (JSON null).
 """
@@ -296,7 +299,33 @@ def summarize_controller(ctrl: ControllerRun | Path | str, slo_qoe: float = 0.9)
         "peak_queued_bytes": _nanmax(ctrl.telemetry, "queued_bytes"),
         "mean_rate_tps": float(rates.mean()) if rates.size else None,
     }
+    summary.update(cache_metrics(ctrl.events))
     return summary
+
+
+CACHE_METRIC_KEYS: tuple[str, ...] = (
+    "cache_lookups", "cache_hits", "cache_hit_rate", "cache_prefill_tokens_saved", "cache_evictions",
+)
+
+
+def cache_metrics(events: Table | None) -> dict[str, Metric]:
+    """The prefix cache's counts from events.csv (keys :data:`CACHE_METRIC_KEYS`); none without lookups."""
+    if events is None or len(events) == 0:
+        return {}
+    kinds = events["event_type"]
+    hit = kinds == "cache_hit"
+    hits = int(np.count_nonzero(hit))
+    lookups = hits + int(np.count_nonzero(kinds == "cache_miss"))
+    if lookups == 0:
+        return {}
+    saved = sum(int(str(d).rsplit("tokens=", 1)[1]) for d in events["details"][hit])
+    return {
+        "cache_lookups": lookups,
+        "cache_hits": hits,
+        "cache_hit_rate": hits / lookups,
+        "cache_prefill_tokens_saved": saved,
+        "cache_evictions": int(np.count_nonzero(kinds == "cache_evict")),
+    }
 
 
 def summarize_run(run: Run | Path | str, *, write: bool = True) -> dict[str, Any]:

@@ -27,6 +27,39 @@ class SchedulerSpec(_Model):
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters (validated by the scheduler)")
 
 
+class PrefixCacheSpec(_Model):
+    """``server.prefix_cache``: a cache of shared prompt prefixes kept in KV memory (seed 004's KV cache
+    experiment; ``sim/model/prefix_cache.py``). Sizes count prefixes (entries), as seed 004's
+    ``CacheEnabledInferenceProcessor`` does; their KV tokens compete with running streams in ``kv_tokens``.
+    Defaults are seed 004's: STATIC 5 entries; FLUID and FREQUENCY start at 5, stay in [5, 60] and are
+    re-sized every 20 lookups; FLUID compares the request rate over a 3 s window with its moving average
+    (grow x1.15 above 1.35x, shrink /1.08 below 0.65x); FREQUENCY sizes for a 0.9 hit rate over 500 buckets."""
+
+    strategy: Literal["static", "fluid", "frequency"] = Field(description="how the cache is sized")
+    size: int = Field(5, ge=0, description="entries: STATIC's fixed size, the others' initial size")
+    min_size: int = Field(5, ge=0, description="FLUID/FREQUENCY: fewest entries")
+    max_size: int = Field(60, ge=0, description="FLUID/FREQUENCY: most entries")
+    adjust_every: int = Field(20, gt=0, description="FLUID/FREQUENCY: lookups between two sizing decisions")
+    window_s: float = Field(3.0, gt=0, description="FLUID: the request-rate window")
+    grow_above: float = Field(1.35, gt=0, description="FLUID: grow when the rate exceeds this x its average")
+    shrink_below: float = Field(0.65, gt=0, description="FLUID: shrink when the rate is under this x its average")
+    grow_factor: float = Field(1.15, ge=1, description="FLUID: size x this (rounded up) when growing")
+    shrink_factor: float = Field(1.08, ge=1, description="FLUID: size / this (rounded up) when shrinking")
+    target_hit_rate: float = Field(0.9, gt=0, le=1, description="FREQUENCY: the hit rate to size for")
+    buckets: int = Field(500, gt=0, description="FREQUENCY: frequency-capture buckets")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PrefixCacheSpec:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} > max_size {self.max_size}")
+        if self.shrink_below >= self.grow_above:
+            raise ValueError(f"shrink_below {self.shrink_below:g} must be under grow_above {self.grow_above:g}")
+        return self
+
+
+MAX_REPLICAS = 256  # server.replicas past this is a typo, not a deployment
+
+
 class ServerSpec(_Model):
     """Seed 002's serving node: step time d0 + d1 * batch_tokens, token budget B, KV memory M_total."""
 
@@ -52,11 +85,31 @@ class ServerSpec(_Model):
         131_072, gt=0, description="KV cache bytes per token: 128 KiB is Llama-3-8B in fp16 (config.json: "
         "32 layers x 8 KV heads x 128 head dim x 2 (K and V) x 2 bytes)"
     )
+    replicas: int = Field(
+        1, ge=1, le=MAX_REPLICAS, description="copies of this node (GPUs, data parallel), each with its own KV "
+        "memory, budget and scheduler; a request goes to one of them (server.router) when it reaches the server"
+    )
+    router: Literal["round_robin", "least_outstanding"] = Field(
+        "round_robin", description="which replica serves a request (sim/model/router.py): round_robin in turn; "
+        "least_outstanding the one holding fewest unfinished requests (ties in turn)"
+    )
+
+    prefix_cache: PrefixCacheSpec | None = Field(
+        None, description="a cache of shared prompt prefixes in KV memory: a strategy (static, fluid, frequency) "
+        "or {strategy, ...}; null or none: no cache"
+    )
 
     @field_validator("scheduler", mode="before")
     @classmethod
     def _scheduler_name(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("prefix_cache", mode="before")
+    @classmethod
+    def _cache_strategy(cls, v: Any) -> Any:
+        if v == "none":  # a sweep grid's no-cache value
+            return None
+        return {"strategy": v} if isinstance(v, str) else v
 
 
 # --------------------------------------------------------------------------- workload and readers
@@ -131,6 +184,25 @@ class RequestCsv(_Model):
 Arrivals = Annotated[Poisson | Periodic | Bursty | Gamma | Phases | RequestCsv, Field(discriminator="kind")]
 
 
+class Zipf(_Model):
+    """Zipf popularity: prefix k (1-based) is drawn with probability proportional to 1 / k**s."""
+
+    zipf: float = Field(ge=0, description="s: the exponent (0 is uniform)")
+
+
+class PrefixSpec(_Model):
+    """``workload.prefix``: requests that share a prompt prefix (a system prompt, a conversation so far, a
+    popular document). There are ``groups`` prefixes, each of a length drawn once from ``tokens``; a
+    request has one with probability ``share``, picked by ``popularity``, and its prompt is that prefix
+    followed by its own ``prompt_tokens``. Drawn from its own random stream: a scenario without it draws
+    the same requests as before."""
+
+    groups: int = Field(gt=0, description="number of distinct prefixes")
+    tokens: Dist = Field(description="each prefix's length in tokens (drawn once per prefix)")
+    popularity: Literal["uniform"] | Zipf = Field("uniform", description="uniform, or {zipf: s}")
+    share: float = Field(1.0, ge=0, le=1, description="fraction of requests that carry a prefix")
+
+
 class WorkloadSpec(_Model):
     arrivals: Arrivals
     streams: int = Field(gt=0, description="number of requests (arrivals stop after this many)")
@@ -143,6 +215,7 @@ class WorkloadSpec(_Model):
         "SSE event in its HTTP chunk (226-253 B measured from tokenpace's server; live mode pads to this)"
     )
     paths: dict[str, float] | None = Field(None, description="path name -> weight; default: equal weights")
+    prefix: PrefixSpec | None = Field(None, description="shared prompt prefixes; default none")
 
 
 class ClientSpec(_Model):

@@ -252,6 +252,12 @@ def _list() -> None:
     console.print("[bold]Schedulers[/bold] (server.scheduler, --schedulers a,b, or an entry CONTROLLER@SCHEDULER):")
     for name, cls in sorted(schedulers.REGISTRY.items()):
         console.print(f"  {name:<12} {cls.label or name}")
+    sweeps = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
+    if sweeps:  # a source checkout's sweeps/ (the files name their base scenarios relative to themselves)
+        console.print("[bold]Built-in sweeps[/bold] (python -m sim sweep sweeps/NAME.yaml):")
+        for path in sweeps:
+            desc = str((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")).strip()
+            console.print(f"  {path.stem:<24} {desc.splitlines()[0] if desc else ''}")
 
 
 def _run(argv: list[str]) -> int:

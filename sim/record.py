@@ -4,6 +4,12 @@ Implements the node's log (server.csv, events.csv, memory_events.csv) and takes 
 link samples and finished streams (tokens.csv, streams.csv). Analysis reads these files and
 nothing else.
 
+With ``server.replicas`` N > 1 each replica logs through its own :class:`ReplicaLog`: its steps go to
+``replicas.csv`` (server.csv's columns after a ``replica`` column, 0 to N-1; each replica numbers its
+own batches) and there is no server.csv, whose rows describe one node; events and memory events of
+every replica share events.csv and memory_events.csv (request ids are unique). With N = 1 the files
+are exactly what they were before replicas existed.
+
 Also the run's honesty about itself: run.json's ``status`` (``running`` from the start, so a killed
 run keeps it; ``interrupted`` after Ctrl-C or SIGTERM; ``complete`` once every controller finished
 and summary.json is written) and ``finished`` (the controllers whose files are complete, flushed and
@@ -56,6 +62,9 @@ _TOKENS_DECIMALS = (None, None, 6, 6, 6, 6, 6)
 _TELEMETRY_DECIMALS = (6, None, 6, 6, 6, None, None, None, None, None, None, 6, 4, 6)
 _SERVER_DECIMALS = (6, None, None, None, 6, None, None, None, None, None, 6)
 _LINKS_DECIMALS = (6, None, 1, None)
+REPLICAS_CSV = "replicas.csv"
+REPLICAS_COLUMNS: tuple[str, ...] = ("replica", *SERVER_COLUMNS)
+_REPLICAS_DECIMALS = (None, *_SERVER_DECIMALS)
 
 
 def _t(x: float | None) -> float | None:
@@ -63,7 +72,7 @@ def _t(x: float | None) -> float | None:
 
 
 class Recorder:
-    def __init__(self, out_dir: Path, ttft_expected_s: float, kv_tokens: int) -> None:
+    def __init__(self, out_dir: Path, ttft_expected_s: float, kv_tokens: int, replicas: int = 1) -> None:
         self.dir = out_dir
         self.ttft_expected_s = ttft_expected_s
         self._kv_total = kv_tokens
@@ -71,7 +80,8 @@ class Recorder:
             "tokens": CsvRecorder(out_dir / "tokens.csv", TOKENS_COLUMNS),
             "streams": CsvRecorder(out_dir / "streams.csv", STREAMS_COLUMNS),
             "telemetry": CsvRecorder(out_dir / "telemetry.csv", TELEMETRY_COLUMNS),
-            "server": CsvRecorder(out_dir / "server.csv", SERVER_COLUMNS),
+            "server": (CsvRecorder(out_dir / "server.csv", SERVER_COLUMNS) if replicas == 1
+                       else CsvRecorder(out_dir / REPLICAS_CSV, REPLICAS_COLUMNS)),
             "events": CsvRecorder(out_dir / "events.csv", EVENTS_COLUMNS),
             "memory": CsvRecorder(out_dir / "memory_events.csv", MEMORY_EVENTS_COLUMNS),
             "links": CsvRecorder(out_dir / "links.csv", LINKS_COLUMNS),
@@ -83,6 +93,7 @@ class Recorder:
         self._telemetry: list[tuple] = []
         self._steps: list[tuple] = []
         self._links: list[tuple] = []
+        self._step_decimals = _SERVER_DECIMALS if replicas == 1 else _REPLICAS_DECIMALS
 
     def __enter__(self) -> Recorder:
         return self
@@ -107,8 +118,17 @@ class Recorder:
 
     def _flush_steps(self) -> None:
         if self._steps:
-            self._files["server"].write_columns(list(zip(*self._steps, strict=True)), _SERVER_DECIMALS)
+            self._files["server"].write_columns(list(zip(*self._steps, strict=True)), self._step_decimals)
             self._steps.clear()
+
+    def replica_step(self, replica: int, t: float, batch_id: int, batch_size: int, batch_tokens: int,
+                     duration_s: float, waiting: int, running: int, swapped: int, completed: int,
+                     kv_used: int) -> None:
+        """A step of replica ``replica`` (a recorder made with ``replicas`` > 1): a replicas.csv row."""
+        self._steps.append((replica, t, batch_id, batch_size, batch_tokens, duration_s, waiting, running, swapped,
+                            completed, kv_used, kv_used / self._kv_total))
+        if len(self._steps) >= BLOCK_ROWS:
+            self._flush_steps()
 
     def event(self, t: float, kind: str, req_id: str, details: str = "") -> None:
         self._files["events"].write((round(t, 6), kind, req_id, details))
@@ -191,6 +211,24 @@ class Recorder:
                 f.write((q.req_id, round(q.arrival_s, 6), q.prompt_tokens, q.output_tokens, _t(done), _t(first),
                          None if first is None else round(first - q.arrival_s, 6), round(q.exec_s, 6), q.swap_count,
                          None if done is None else round(done - q.arrival_s, 6)))
+
+
+class ReplicaLog:
+    """Replica ``replica``'s node log: its steps as replicas.csv rows, its events and memory events as
+    everyone's (the recorder must be made with ``replicas`` > 1)."""
+
+    __slots__ = ("event", "memory", "rec", "replica")
+
+    def __init__(self, rec: Recorder, replica: int) -> None:
+        self.rec = rec
+        self.replica = replica
+        self.event = rec.event
+        self.memory = rec.memory
+
+    def step(self, t: float, batch_id: int, batch_size: int, batch_tokens: int, duration_s: float,
+             waiting: int, running: int, swapped: int, completed: int, kv_used: int) -> None:
+        self.rec.replica_step(self.replica, t, batch_id, batch_size, batch_tokens, duration_s, waiting, running,
+                              swapped, completed, kv_used)
 
 
 # --------------------------------------------------------------------------- run.json: complete or not

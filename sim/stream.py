@@ -71,7 +71,7 @@ class SimStream:
                              bytes_per_token=bytes_per_token)
         self.conn.on_delivered = self.reader.on_bytes  # in-order bytes go straight to the reader
         self.seq = Sequence(req.stream_id, req.arrival_s, req.prompt_tokens, n, self._on_token, req.reading_tps,
-                            ttft_expected_s)
+                            ttft_expected_s, req.prefix_id, req.prefix_tokens)
         # The client connects at its arrival; the request reaches the node with the handshake's last
         # ACK, and that is the node's arrival time (as in live mode, where the HTTP handler submits it).
         def request_arrived() -> None:

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scenarios.schema import Gamma, Periodic, PhaseArrivals, Phases, Poisson, Scenario
+from scenarios.schema import Gamma, Periodic, PhaseArrivals, Phases, Poisson, PrefixSpec, Scenario, Zipf
 
 # stream ids of the per-quantity random streams; never renumber (it would change every result)
 RNG_ARRIVALS, RNG_PROMPT, RNG_OUTPUT, RNG_PATH, RNG_READING, RNG_PATIENCE, RNG_FIRST_PATIENCE = range(1, 8)
 RNG_VICTIM = 8
+RNG_PREFIX = 9  # workload.prefix: the prefixes' lengths, who carries one, which one
 RNG_LOSS_BASE = 100  # + path index
 GAP_BLOCK = 256  # a phase's standardised gaps are drawn this many at a time, whatever its rate
 
@@ -38,6 +39,8 @@ class Request:
     reading_tps: float
     patience_s: float
     first_token_patience_s: float
+    prefix_id: int | None = None  # the shared prefix its prompt starts with (workload.prefix), if any
+    prefix_tokens: int = 0  # that prefix's length: part of prompt_tokens
 
 
 def rng_for(seed: int, k: int) -> np.random.Generator:
@@ -149,6 +152,9 @@ def draw_requests(scn: Scenario, base_dir: Path, seed: int | None = None) -> lis
         if c.first_token_patience_s is None
         else np.maximum(0.0, c.first_token_patience_s.sample(rng_for(seed, RNG_FIRST_PATIENCE), n))
     )
+    prefix_ids, prefix_len = _prefixes(w.prefix, seed, n)
+    if w.prefix is not None:
+        prompts = prompts + np.where(prefix_ids >= 0, prefix_len[np.maximum(prefix_ids, 0)], 0)
     width = max(4, len(str(n)))
     return [
         Request(
@@ -160,6 +166,24 @@ def draw_requests(scn: Scenario, base_dir: Path, seed: int | None = None) -> lis
             reading_tps=float(reading[i]),
             patience_s=float(patience[i]),
             first_token_patience_s=float(first[i]),
+            prefix_id=None if prefix_ids[i] < 0 else int(prefix_ids[i]),
+            prefix_tokens=0 if prefix_ids[i] < 0 else int(prefix_len[prefix_ids[i]]),
         )
         for i in range(n)
     ]
+
+
+def _prefixes(spec: PrefixSpec | None, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's prefix id (-1: none) and each prefix's length, from the prefix stream: the lengths
+    (one per prefix), then who carries one (``share``), then which (``popularity``), in that order."""
+    if spec is None:
+        return np.full(n, -1), np.zeros(0, dtype=int)
+    rng = rng_for(seed, RNG_PREFIX)
+    lengths = np.maximum(1, np.rint(spec.tokens.sample(rng, spec.groups))).astype(int)
+    carries = rng.random(n) < spec.share
+    if isinstance(spec.popularity, Zipf):
+        weights = 1.0 / np.arange(1, spec.groups + 1, dtype=float) ** spec.popularity.zipf
+    else:
+        weights = np.ones(spec.groups)
+    ids = rng.choice(spec.groups, size=n, p=weights / weights.sum())
+    return np.where(carries, ids, -1), lengths

@@ -4,6 +4,12 @@ The world is a serving node, one bottleneck per network path, and a stream per r
 single control process visits every generating stream once per control interval, asks its
 controller for a rate and records the observation. Everything is written to the results
 layout of DESIGN.md as it happens (a stream's rows shortly after it ends).
+
+With ``server.replicas`` N > 1 there are N serving nodes (each its own ServingCore, SimPy process, victim
+random stream and log: replicas.csv, see sim/record.py) behind ``server.router`` (sim/model/router.py). A
+stream is routed when its request reaches the server (the handshake's last ACK, the node's arrival time),
+so the router sees every request routed before it in the cores' queues; until then the stream has no
+replica (nothing to cancel, observe or wake there). N = 1 is the single node, exactly as before.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import simpy
 
 import controllers
+from controllers import Decision, Observation
 from scenarios import LoadedScenario
+from scenarios.schema import ServerSpec
+from sim.model import router as routers
+from sim.model.serving import NodeLog, Sequence, ServingCore
 from sim.network import PathRuntime, build_path
 from sim.node import ServingNode
 from sim.oracle import PathKnowledge, SimOracleView, capacity_grid_bps
-from sim.record import Recorder
+from sim.record import Recorder, ReplicaLog
 from sim.stream import SimStream
 from sim.workload import RNG_LOSS_BASE, RNG_VICTIM, Request, rng_for
 
@@ -51,6 +62,58 @@ def run_controller(loaded: LoadedScenario, requests: list[Request], name: str, p
     return RunStats(name, end_s, time.perf_counter() - wall0, events, len(requests), packets, tokens)
 
 
+class Replicas:
+    """``server.replicas`` serving nodes behind ``server.router``; ``seqs``: every request routed, in order."""
+
+    def __init__(self, env: simpy.Environment, spec: ServerSpec, seed: int, logs: list[NodeLog]) -> None:
+        # replica 0 draws victims from the single node's stream; replica i > 0 from its own
+        self.nodes = [ServingNode(env, spec, rng_for(seed, RNG_VICTIM) if i == 0
+                                  else np.random.default_rng([seed, RNG_VICTIM, i]), log)
+                      for i, log in enumerate(logs)]
+        self.cores: list[ServingCore] = [n.core for n in self.nodes]
+        self.router = routers.make(spec.router)
+        self.seqs: list[Sequence] = []
+
+    def route(self, seq: Sequence) -> ServingNode:
+        self.seqs.append(seq)
+        return self.nodes[self.router.choose(seq, self.cores)]
+
+
+class RoutedNode:
+    """One stream's serving node among the replicas: what SimStream calls a node (``env``, ``submit``,
+    ``cancel``, ``observe``, ``wake``), routed at ``submit``; what the oracle calls a core (``memory_short``)."""
+
+    __slots__ = ("env", "node", "replicas")
+
+    def __init__(self, env: simpy.Environment, replicas: Replicas) -> None:
+        self.env = env
+        self.replicas = replicas
+        self.node: ServingNode | None = None
+
+    def submit(self, seq: Sequence) -> None:
+        self.node = node = self.replicas.route(seq)
+        node.submit(seq)
+        if seq.cancel_requested:  # the client left before its request arrived: the replica drops it
+            node.cancel(seq)
+
+    def cancel(self, seq: Sequence) -> None:
+        if self.node is not None:
+            self.node.cancel(seq)
+        else:
+            seq.cancel_requested = True
+
+    def observe(self, req_id: str, obs: Observation, decision: Decision) -> None:
+        if self.node is not None:
+            self.node.observe(req_id, obs, decision)
+
+    def wake(self) -> None:
+        if self.node is not None:
+            self.node.wake()
+
+    def memory_short(self) -> bool:
+        return self.node is not None and self.node.core.memory_short()
+
+
 @contextmanager
 def _no_gc_passes() -> Iterator[None]:
     """Run without CPython's cyclic garbage collector, then turn it back on (if it was on).
@@ -74,8 +137,13 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
     scn = loaded.scenario
     env = simpy.Environment()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with Recorder(out_dir, scn.clients.ttft_expected_s, scn.server.kv_tokens) as rec:
-        node = ServingNode(env, scn.server, rng_for(seed, RNG_VICTIM), rec)
+    n_replicas = scn.server.replicas
+    with Recorder(out_dir, scn.clients.ttft_expected_s, scn.server.kv_tokens, n_replicas) as rec:
+        replicas: Replicas | None = None
+        if n_replicas == 1:
+            node = ServingNode(env, scn.server, rng_for(seed, RNG_VICTIM), rec)
+        else:
+            replicas = Replicas(env, scn.server, seed, [ReplicaLog(rec, i) for i in range(n_replicas)])
         paths: dict[str, PathRuntime] = {
             pname: build_path(env, pname, spec, scn.faults_for(pname), loaded.base_dir,
                               rng_for(seed, RNG_LOSS_BASE + i))
@@ -106,9 +174,11 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
                 if req.arrival_s > env.now:
                     yield env.timeout(req.arrival_s - env.now)
                 controller = controllers.make(name, params)
+                where: Any = node if replicas is None else RoutedNode(env, replicas)
                 if controller.needs_oracle:
-                    controller.attach_oracle(SimOracleView(req, knowledge[req.path], bpt, node.core))
-                s = SimStream(req, bpt, node, paths[req.path], controller, on_end, scn.clients.ttft_expected_s)
+                    controller.attach_oracle(SimOracleView(req, knowledge[req.path], bpt,
+                                                           node.core if replicas is None else where))
+                s = SimStream(req, bpt, where, paths[req.path], controller, on_end, scn.clients.ttft_expected_s)
                 active.append(s)
                 all_streams.append(s)
 
@@ -154,7 +224,8 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
             if not s.ended:
                 s.reader.cut(end_s)
         rec.flush_streams(all_streams)
-        rec.request_traces(node.core.all_seqs)
+        seqs = node.core.all_seqs if replicas is None else replicas.seqs
+        rec.request_traces(seqs)
         events = next(env._eid)  # SimPy keeps the event count only here
     packets = sum(p.link.sent_pkts for p in paths.values())
-    return end_s, events, packets, sum(q.generated for q in node.core.all_seqs)
+    return end_s, events, packets, sum(q.generated for q in seqs)

@@ -167,7 +167,7 @@ def _confined(token: str, root: Path) -> str:
     return f"{root}{token}" if token.startswith("/") and token not in ("/", "/dev/null") else token
 
 
-@given(st.sampled_from([[], ["report"], ["compare"], ["train"], ["capacity"], ["runs"]]), argv_lists)
+@given(st.sampled_from([[], ["report"], ["compare"], ["train"], ["capacity"], ["runs"], ["sweep-export"]]), argv_lists)
 @FUZZ
 def test_random_argv_never_crashes(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
                                    head: list[str], argv: list[str]) -> None:

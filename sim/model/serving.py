@@ -23,6 +23,11 @@ Preemption (``server.preemption``) and its cost:
   prefilled again in one step (counted in that step's batch tokens, within the budget, or
   alone when larger), and that prefill yields the stream's next token.
 
+Prefix cache (``server.prefix_cache``, ``sim/model/prefix_cache.py``; none by default): a request whose
+prompt starts with a cached shared prefix skips that prefix in its admit step's batch tokens; the cached
+prefixes hold KV tokens (in ``kv_used``) and give way, least recently used first, before a stream is
+preempted.
+
 Pacing enters here. A stream whose controller says "not yet" (no rate credit) skips the step:
 its slot in the batch goes to others, but it keeps its KV memory.
 
@@ -45,6 +50,7 @@ import numpy as np
 
 from controllers import Decision, Observation
 from scenarios.schema import ServerSpec
+from sim.model.prefix_cache import PrefixCache
 
 if TYPE_CHECKING:
     from sim.model.schedulers.base import Scheduler
@@ -125,6 +131,7 @@ class Sequence(PacingCredit):
 
     __slots__ = (
         "arrival_s",
+        "cached_tokens",
         "cancel_requested",
         "done_s",
         "due_s",
@@ -135,6 +142,8 @@ class Sequence(PacingCredit):
         "generated",
         "on_token",
         "output_tokens",
+        "prefix_id",
+        "prefix_tokens",
         "prompt_tokens",
         "reading_tps",
         "req_id",
@@ -147,12 +156,15 @@ class Sequence(PacingCredit):
 
     def __init__(self, req_id: str, arrival_s: float, prompt_tokens: int, output_tokens: int,
                  on_token: Callable[[float, int], None], reading_tps: float | None = None,
-                 ttft_expected_s: float = 1.0) -> None:
+                 ttft_expected_s: float = 1.0, prefix_id: int | None = None, prefix_tokens: int = 0) -> None:
         PacingCredit.__init__(self, arrival_s)
         self.req_id = req_id
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
+        self.prefix_id = prefix_id  # the shared prefix its prompt starts with (workload.prefix), if any
+        self.prefix_tokens = prefix_tokens  # its length (part of prompt_tokens)
+        self.cached_tokens = 0  # prompt tokens the prefix cache spared its prefill (set on admission)
         self.on_token = on_token  # (t_s, idx) when a token is made
         self.generated = 0
         self.state = WAITING
@@ -257,6 +269,7 @@ class ServingCore:
         self.recomputed_tokens = 0  # tokens prefilled again on resume
         self._preempted: list[Sequence] | None = None  # during one plan()
         self._resumed: list[Sequence] | None = None
+        self.prefix_cache = PrefixCache(spec.prefix_cache, log) if spec.prefix_cache is not None else None
 
     # ------------------------------------------------------------------ inputs
     def add(self, seq: Sequence, now: float) -> None:
@@ -286,6 +299,8 @@ class ServingCore:
             self.drop_cancelled(now)
         if self.incoming:
             self._land(now)
+        if self.prefix_cache is not None:
+            self.prefix_cache.make_room(self, now)  # the cache gives way before any stream is preempted
         decodes, prefills, recomputes = self.scheduler.schedule(self, now)
         if not decodes and not prefills and not recomputes:
             self._preempted = self._resumed = None
@@ -297,7 +312,7 @@ class ServingCore:
                 s.credit -= 1.0
         for s in prefills:  # the first token is made by the prefill; it spends pacing credit too
             s.last_step_s = now
-            batch_tokens += s.prompt_tokens
+            batch_tokens += s.prompt_tokens - s.cached_tokens  # a prefix cache hit skips the prefix
             if s.rate_tps is not None:
                 s.accrue(now)
                 s.credit -= 1.0
@@ -325,6 +340,8 @@ class ServingCore:
         for s in step.decodes:
             if s.state == RUNNING:
                 make(s, now)
+        if self.prefix_cache is not None:
+            self.prefix_cache.keep(self, step.prefills, now)
         self.log.step(now, step.batch_id, step.batch_size, step.batch_tokens, step.duration_s, len(self.waiting),
                       len(self.running) + len(self.incoming), len(self.swapped), self.completed, self.kv_used)
 
@@ -353,7 +370,9 @@ class ServingCore:
         self.waiting.remove(s)
         self._enter_running(s, now)
         self.kv_used += s.prompt_tokens
-        self.log.event(now, "admit", s.req_id, f"prefill={s.prompt_tokens}")
+        if self.prefix_cache is not None and s.prefix_id is not None:
+            self.prefix_cache.admit(self, s, now)
+        self.log.event(now, "admit", s.req_id, f"prefill={s.prompt_tokens - s.cached_tokens}")
 
     def preempt(self, s: Sequence, now: float, reason: str) -> None:
         """Give a running stream's KV memory up: swap it out, or drop it to recompute later."""
