@@ -132,6 +132,12 @@ class LiveConfig(BaseModel):
     def _scheduler(self) -> LiveConfig:
         from sim.model import schedulers
 
+        if self.server.replicas > 1:
+            raise ValueError(f"server.replicas: the live server is one engine (got {self.server.replicas}); "
+                             "run one server per replica behind your own router")
+        if self.server.prefix_cache is not None:
+            raise ValueError("server.prefix_cache: the simulator's only (the live engine has no prefix cache)")
+
         spec = self.server.scheduler
         if spec.name not in schedulers.REGISTRY:
             raise ValueError(f"server.scheduler.name: {schedulers.UnknownScheduler(spec.name)}")
