@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Any
 
-import sim.model.schedulers as _package
 from sim.model.schedulers.base import Scheduler
+
+_PACKAGE = __name__.rpartition(".")[0]  # sim.model.schedulers (not imported here: it imports this module)
 
 
 def _discover() -> dict[str, type[Scheduler]]:
     """Every Scheduler subclass defined in a module of this package (one module per policy)."""
     found: dict[str, type[Scheduler]] = {}
-    for info in sorted(pkgutil.iter_modules(_package.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
         if info.name in ("base", "registry") or info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{_package.__name__}.{info.name}")
+        module = importlib.import_module(f"{_PACKAGE}.{info.name}")
         for obj in vars(module).values():
             if (isinstance(obj, type) and issubclass(obj, Scheduler) and obj.__module__ == module.__name__
                     and getattr(obj, "name", None)):
