@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from scenarios import load_scenario  # noqa: E402
 from sim.capacity import main_capacity, run_probe  # noqa: E402
 from sim.capacity_search import scaled_scenario  # noqa: E402
-from sim.workload import draw_requests  # noqa: E402
+from sim.model.workload import draw_requests  # noqa: E402
 from sim.world import run_controller  # noqa: E402
 
 SCHEDULERS = ("fcfs", "andes", "tokenflow", "tokenpace")

@@ -24,7 +24,7 @@ import simpy
 
 from scenarios import load_scenario, parse_scenario
 from scenarios.loader import LoadedScenario
-from sim.workload import draw_requests
+from sim.model.workload import draw_requests
 from sim.world import RunStats, run_controller
 
 

@@ -1,7 +1,7 @@
 """The load client: a scenario's requests and readers, against a live server, over real sockets.
 
 ``run_load(url, streams=N, scenario=...)`` draws the requests exactly as the simulator does
-(:func:`sim.workload.draw_requests`: arrivals, prompt and output lengths, path, reading pace,
+(:func:`sim.model.workload.draw_requests`: arrivals, prompt and output lengths, path, reading pace,
 patience — common random numbers with a simulated run of the same scenario and seed), opens one
 streaming ``/v1/chat/completions`` request per arrival with aiohttp, and feeds every token's
 arrival to the simulator's own reader (:class:`sim.client.Reader`, run on the asyncio clock):
@@ -39,7 +39,7 @@ from live.recorder import ClientRecorder, boot_id, merge_live_run, write_run_jso
 from live.sse import event_data, is_token_event, split_sse
 from scenarios.cli_errors import BadInput
 from sim.client import ABANDONED, CANCELLED, COMPLETED, READING, Reader
-from sim.workload import Request, draw_requests
+from sim.model.workload import Request, draw_requests
 
 __all__ = ["LoadError", "LoadResult", "StreamResult", "run_load"]
 

@@ -47,7 +47,7 @@ from controllers import Decision, Observation
 from scenarios.schema import ServerSpec
 from sim.model.schedulers import Scheduler
 from sim.model.serving import CANCELLED, FINISHED, RUNNING, Sequence, ServingCore, Step
-from sim.workload import RNG_VICTIM, rng_for
+from sim.model.workload import RNG_VICTIM, rng_for
 
 __all__ = ["MAX_LATE_S", "VOCABULARY", "EngineLog", "LiveEngine", "LiveSequence", "NullLog", "TeeLog",
            "TextGenerator"]

@@ -280,7 +280,7 @@ class _AtZero(LossModel):
 def _loss_rng(seed: int | None, path_index: int, phase: int) -> np.random.Generator:
     """The simulator's loss stream for path ``path_index`` (``rng_for(seed, RNG_LOSS_BASE + i)``) for
     the timeline (phase 0); an independent one for the traffic before the clock starts (phase 1)."""
-    from sim.workload import RNG_LOSS_BASE, rng_for
+    from sim.model.workload import RNG_LOSS_BASE, rng_for
 
     if seed is None:
         return np.random.default_rng()

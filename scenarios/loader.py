@@ -394,7 +394,7 @@ def _parse_yaml(text: str, path: Path) -> Any:
 
 
 def _request_csv_problem(path: Path, streams: int) -> str | None:
-    """What stops sim.workload reading the arrivals CSV (checked here, so a run never starts on one)."""
+    """What stops sim.model.workload reading the arrivals CSV (checked here, so a run never starts on one)."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = csv.DictReader(f)

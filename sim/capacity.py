@@ -45,8 +45,8 @@ from scenarios.cli_errors import BadInput
 from scenarios.loader import entry_params, expand_entries, split_entry
 from sim.capacity_search import Search, Slo, check_scalable, parse_slos, scaled_scenario, slos_hold
 from sim.model import schedulers
+from sim.model.workload import draw_requests
 from sim.record import COMPLETE, INTERRUPTED, RUNNING, read_run_json, sigterm_as_ctrl_c, write_json_durably
-from sim.workload import draw_requests
 from sim.world import run_controller
 
 PROG = "python -m sim capacity"

@@ -13,8 +13,8 @@ import numpy as np
 
 from scenarios.schema import GilbertElliott, GilbertElliottFault, LossFault, PathSpec
 from sim.model.serving import ServingCore
+from sim.model.workload import Request
 from sim.network import faulted_capacity
-from sim.workload import Request
 
 GRID_S = 0.1
 

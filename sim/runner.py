@@ -40,6 +40,7 @@ from scenarios.cli_errors import BadInput
 from scenarios.loader import ENTRY_SEP, entry_params, entry_params_key, entry_problems, expand_entries, split_entry
 from scenarios.schema import SchedulerSpec
 from sim.model import schedulers
+from sim.model.workload import Request, draw_requests
 from sim.record import (
     COMPLETE,
     INTERRUPTED,
@@ -52,7 +53,6 @@ from sim.record import (
     update_run_json,
     write_json_durably,
 )
-from sim.workload import Request, draw_requests
 from sim.world import RunStats, run_controller
 
 

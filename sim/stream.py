@@ -17,10 +17,10 @@ import numpy as np
 from controllers import Controller, Observation, ReaderEstimate
 from sim.client import ABANDONED, Reader
 from sim.model.serving import Sequence
+from sim.model.workload import Request
 from sim.network import PathRuntime
 from sim.node import ServingNode
 from sim.tcp import TcpConnection
-from sim.workload import Request
 
 
 class SimStream:

@@ -31,12 +31,12 @@ from scenarios import LoadedScenario
 from scenarios.schema import ServerSpec
 from sim.model import router as routers
 from sim.model.serving import NodeLog, Sequence, ServingCore
+from sim.model.workload import RNG_LOSS_BASE, RNG_VICTIM, Request, rng_for
 from sim.network import PathRuntime, build_path
 from sim.node import ServingNode
 from sim.oracle import PathKnowledge, SimOracleView, capacity_grid_bps
 from sim.record import Recorder, ReplicaLog
 from sim.stream import SimStream
-from sim.workload import RNG_LOSS_BASE, RNG_VICTIM, Request, rng_for
 
 FINALIZE_GRACE_S = 5.0  # a stream's rows are written this long after it ends (late ACKs fill t_acked)
 ACK_DRAIN_S = 2.0  # after the last reader finishes, the last ACKs are still on their way back

@@ -1,4 +1,4 @@
-"""Arrival processes (sim/workload.py): Gamma renewal arrivals and piecewise ``phases`` timelines.
+"""Arrival processes (sim/model/workload.py): Gamma renewal arrivals and piecewise ``phases`` timelines.
 
 The statistical bounds come from the Gamma law itself, not from runs: for N i.i.d. gaps with mean
 mu and shape k (variance mu^2 / k, skewness 2 / sqrt(k), excess kurtosis 6 / k) the sample mean has
@@ -17,7 +17,7 @@ import pytest
 
 from scenarios import parse_scenario
 from sim.cli import main
-from sim.workload import RNG_ARRIVALS, _PhaseProcess, draw_requests
+from sim.model.workload import RNG_ARRIVALS, _PhaseProcess, draw_requests
 from tests.cli_fuzz import call_main, run_module
 
 Z = 4.0  # standard errors allowed in a sampling check

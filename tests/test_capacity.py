@@ -20,7 +20,7 @@ from scenarios import load_scenario
 from scenarios.cli_errors import BadInput
 from sim.capacity_search import Search, Slo, bisect, parse_slos, rate_fields, scaled_scenario, slos_hold
 from sim.cli import main as sim_main
-from sim.workload import draw_requests
+from sim.model.workload import draw_requests
 
 TINY = Path(__file__).parent / "scenarios" / "capacity-tiny.yaml"
 

@@ -29,9 +29,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("live.recorder", "sim.record"): "the recorder's shared rows live in sim/record.py (to analysis/results/)",
     ("live.lab", "sim.runner"): "entry resolution (scheduler per entry) lives in the sim runner",
     ("live.client", "sim.client"): "the reader model is SimPy-driven in sim/client.py (to sim/model/)",
-    ("live.client", "sim.workload"): "request drawing lives in sim/workload.py (to sim/model/)",
-    ("live.engine", "sim.workload"): "the seeded RNG streams live in sim/workload.py (to sim/model/)",
-    ("live.tunlink", "sim.workload"): "the seeded RNG streams live in sim/workload.py (to sim/model/)",
     ("live.tunlink", "sim.link"): "the path model is written in sim/link.py (to sim/model/path)",
     ("live.tunlink", "sim.network"): "path construction is in sim/network.py (to sim/model/path)",
 }

@@ -36,7 +36,7 @@ from scenarios import load_scenario
 from scenarios.schema import PrefixCacheSpec, PrefixSpec, ServerSpec
 from sim.model.prefix_cache import FluidSizer, FrequencySizer, StaticSizer
 from sim.model.serving import Sequence, ServingCore
-from sim.workload import draw_requests
+from sim.model.workload import draw_requests
 
 TESTS = Path(__file__).parent
 

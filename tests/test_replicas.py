@@ -17,8 +17,8 @@ from scenarios.loader import LoadedScenario
 from scenarios.schema import ServerSpec
 from sim.model import router as routers
 from sim.model.serving import Sequence, ServingCore
+from sim.model.workload import draw_requests
 from sim.record import REPLICAS_COLUMNS
-from sim.workload import draw_requests
 from sim.world import run_controller
 
 

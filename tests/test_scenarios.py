@@ -13,7 +13,7 @@ import yaml
 
 from scenarios import ScenarioError, builtin_scenarios, json_schema, load_scenario
 from scenarios.traces import load_mahimahi, mean_rate_bps, resolve_trace
-from sim.workload import draw_requests
+from sim.model.workload import draw_requests
 
 REQUIRED = {"steady-broadband", "wifi-fade", "cellular-trace", "bursty-loss", "flash-outage", "gpu-overload",
             "shared-bottleneck"}

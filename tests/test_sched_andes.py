@@ -31,7 +31,7 @@ from sim.model import schedulers
 from sim.model.schedulers.andes import Andes, AndesParams, qoe_gain
 from sim.model.schedulers.fcfs import Fcfs
 from sim.model.serving import FINISHED, SWAPPED, WAITING, Sequence, ServingCore
-from sim.workload import draw_requests
+from sim.model.workload import draw_requests
 from sim.world import run_controller
 from tests.test_preemption_cost import A_TOKENS, Log
 

@@ -35,7 +35,7 @@ from scenarios.schema import ServerSpec
 from sim.model import schedulers
 from sim.model.schedulers.buffered import round_trip_s
 from sim.model.serving import FINISHED, Sequence, ServingCore
-from sim.workload import draw_requests
+from sim.model.workload import draw_requests
 from sim.world import run_controller
 
 

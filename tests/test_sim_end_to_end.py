@@ -13,8 +13,8 @@ import pytest
 from analysis.results import load_controller_dir
 from scenarios import parse_scenario
 from scenarios.loader import LoadedScenario
+from sim.model.workload import draw_requests
 from sim.runner import make_plan, run_plan
-from sim.workload import draw_requests
 from sim.world import run_controller
 
 
