@@ -18,7 +18,6 @@ rate, each pair's capacity marked, and the SLO threshold drawn on the panel of i
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.metrics import METRIC_KEYS
-from analysis.results import ResultsFormatError, read_json
+from analysis.results import ResultsFormatError, read_growing_csv, read_json
 from analysis.style import PALETTE
 
 if TYPE_CHECKING:
@@ -76,34 +75,9 @@ def read_capacity_csv(path: Path | str) -> list[dict[str, Any]]:
     or None (empty). A last row cut off mid-write (no newline at its end) is dropped; any other bad
     row is a :class:`ResultsFormatError` naming the file, line and column."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ResultsFormatError(path, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-                                 ) from None
-    except IsADirectoryError:
-        raise ResultsFormatError(path, "is a folder, not a file") from None
-    except FileNotFoundError:
-        raise ResultsFormatError(path, "file not found") from None
-    except OSError as exc:
-        raise ResultsFormatError(path, f"cannot read: {exc.strerror or exc}") from None
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines = lines[:-1]  # the writer was stopped mid-row
-    try:
-        rows = list(csv.reader(lines))
-    except csv.Error as exc:
-        raise ResultsFormatError(path, f"cannot read: {exc}") from None
-    if not rows:
-        raise ResultsFormatError(path, "empty file (no header line)")
-    header = [h.strip() for h in rows[0]]
-    missing = [c for c in KEY_COLUMNS if c not in header]
-    if missing:
-        raise ResultsFormatError(path, f"missing from the header (has: {', '.join(header)})", column=missing[0])
+    header, rows = read_growing_csv(path, KEY_COLUMNS)
     out: list[dict[str, Any]] = []
-    for line, cells in enumerate(rows[1:], 2):
-        if len(cells) != len(header):
-            raise ResultsFormatError(path, f"{len(cells)} cells, the header has {len(header)}", line=line)
+    for line, cells in rows:
         row: dict[str, Any] = {}
         for name, cell in zip(header, cells, strict=True):
             cell = cell.strip()

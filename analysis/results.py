@@ -703,6 +703,44 @@ def _numeric(path: Path, name: str, cells: Sequence[str], first_line: int) -> np
     return values
 
 
+def read_growing_csv(path: Path | str, required: Sequence[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A CSV a driver appends to as it goes (capacity.csv, sweep.csv): its header and its rows with their line
+    numbers. A last row cut off mid-write (no newline at its end) is dropped; an unreadable file, an empty one,
+    a header without one of ``required`` or a row of the wrong width is a :class:`ResultsFormatError` naming
+    the file (and line or column)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsFormatError(path, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+                                 ) from None
+    except IsADirectoryError:
+        raise ResultsFormatError(path, "is a folder, not a file") from None
+    except FileNotFoundError:
+        raise ResultsFormatError(path, "file not found") from None
+    except OSError as exc:
+        raise ResultsFormatError(path, f"cannot read: {exc.strerror or exc}") from None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines = lines[:-1]  # the writer was stopped mid-row
+    try:
+        table = list(csv.reader(lines))
+    except csv.Error as exc:
+        raise ResultsFormatError(path, f"cannot read: {exc}") from None
+    if not table:
+        raise ResultsFormatError(path, "empty file (no header line)")
+    header = [h.strip() for h in table[0]]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ResultsFormatError(path, f"missing from the header (has: {', '.join(header)})", column=missing[0])
+    rows = []
+    for line, cells in enumerate(table[1:], 2):
+        if len(cells) != len(header):
+            raise ResultsFormatError(path, f"{len(cells)} cells, the header has {len(header)}", line=line)
+        rows.append((line, cells))
+    return header, rows
+
+
 def read_csv(path: Path | str, columns: Sequence[str] | None = None) -> Table:
     """Read one results CSV. ``columns`` are required in its header (extra columns are kept).
 

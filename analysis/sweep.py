@@ -21,7 +21,6 @@ with its 95% band, one panel per value of the other keys (:func:`plot_sweep`).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.metrics import METRIC_KEYS
-from analysis.results import ResultsFormatError, read_json, to_jsonable
+from analysis.results import ResultsFormatError, read_growing_csv, read_json, to_jsonable
 from analysis.style import PALETTE, safe_name
 
 if TYPE_CHECKING:
@@ -138,33 +137,10 @@ def read_sweep_csv(path: Path | str, grid_keys: Sequence[str]) -> list[dict[str,
     float or None (empty). A last row cut off mid-write is dropped; any other bad row is a
     :class:`ResultsFormatError` naming the file, line and column."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ResultsFormatError(path, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-                                 ) from None
-    except FileNotFoundError:
-        raise ResultsFormatError(path, "file not found") from None
-    except OSError as exc:
-        raise ResultsFormatError(path, f"cannot read: {exc.strerror or exc}") from None
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines = lines[:-1]  # the writer was stopped mid-row
-    try:
-        table = list(csv.reader(lines))
-    except csv.Error as exc:
-        raise ResultsFormatError(path, f"cannot read: {exc}") from None
-    if not table:
-        raise ResultsFormatError(path, "empty file (no header line)")
-    header = table[0]
-    missing = [c for c in ("cell", *grid_keys, "controller", "seed") if c not in header]
-    if missing:
-        raise ResultsFormatError(path, f"missing from the header (has: {', '.join(header)})", column=missing[0])
+    header, table = read_growing_csv(path, ("cell", *grid_keys, "controller", "seed"))
     text_cols = set(_TEXT_COLUMNS) | set(grid_keys)
     rows = []
-    for line, cells in enumerate(table[1:], 2):
-        if len(cells) != len(header):
-            raise ResultsFormatError(path, f"{len(cells)} cells, the header has {len(header)}", line=line)
+    for line, cells in table:
         row: dict[str, Any] = {}
         for name, cell in zip(header, cells, strict=True):
             if name in text_cols:

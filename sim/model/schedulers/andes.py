@@ -64,8 +64,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from sim.model.schedulers.base import Params as _Params
-from sim.model.schedulers.base import Scheduler
-from sim.model.serving import _READY, CREDIT_CAP_TOKENS, SWAPPED, WAITING
+from sim.model.schedulers.base import Scheduler, paced_decodes
+from sim.model.serving import SWAPPED, WAITING
 
 if TYPE_CHECKING:
     from sim.model.serving import Sequence, ServingCore
@@ -215,18 +215,8 @@ class Andes(Scheduler):
         elif p.admit_order == "value" and len(waiting) > 1:
             dens = {id(s): self.density(s, now, False) for s in waiting}
             to_admit = sorted(waiting, key=lambda s: dens[id(s)], reverse=True)
-        # 1. running streams the pacer allows, in order of entering RUNNING (fcfs's inlined eligible())
-        decodes = []
-        for s in running:
-            rate = s.rate_tps
-            if rate is not None:
-                if now > s.credit_t:
-                    credit = s.credit + rate * (now - s.credit_t)
-                    s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
-                s.credit_t = now
-                if not s.credit >= _READY:
-                    continue
-            decodes.append(s)
+        # 1. running streams the pacer allows, in order of entering RUNNING (as fcfs)
+        decodes = paced_decodes(running, now)
         del decodes[budget:]
         preempted = False
         while decodes and core.kv_used + len(decodes) > kv_total:

@@ -32,9 +32,11 @@ round trip). Schedulers never read a clock.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from controllers.base import Params as _ParamsBase
+from sim.model.serving import _READY, CREDIT_CAP_TOKENS
 
 if TYPE_CHECKING:
     from sim.model.serving import Sequence, ServingCore
@@ -65,3 +67,37 @@ class Scheduler(ABC):
     @abstractmethod
     def schedule(self, core: ServingCore, now: float) -> tuple[list[Sequence], list[Sequence], list[Sequence]]:
         """This step's (decodes, prefills, recomputes); preempt / resume / admit through the core."""
+
+
+def paced_decodes(running: list[Sequence], now: float,
+                  run_ahead: Callable[[Sequence], bool] | None = None) -> list[Sequence]:
+    """The running streams the pacer lets decode now, in order: ``Sequence.eligible()`` inlined, since every
+    running stream is visited every step. Credit accrues at every visit, as ``eligible()`` does, so the
+    arithmetic (and every result) is the same. ``run_ahead(s)``: may a stream without credit decode anyway?
+    It is then granted the token (credit set to one, spent by the step), not lent it."""
+    decodes = []
+    for s in running:
+        rate = s.rate_tps
+        if rate is not None:
+            if now > s.credit_t:
+                credit = s.credit + rate * (now - s.credit_t)
+                s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
+            s.credit_t = now
+            if not s.credit >= _READY:
+                if run_ahead is None or not run_ahead(s):
+                    continue
+                s.credit = 1.0
+        decodes.append(s)
+    return decodes
+
+
+def policy_victim(core: ServingCore) -> Sequence:
+    """The running stream ``server.victim_policy`` preempts: LIFO (the last to enter RUNNING; ties: the
+    last in the list), FIFO (the first) or random (the core's RNG)."""
+    policy = core.spec.victim_policy
+    running = core.running
+    if policy == "LIFO":
+        return max(reversed(running), key=lambda s: s.enter_running_s)
+    if policy == "FIFO":
+        return min(running, key=lambda s: s.enter_running_s)
+    return running[int(core.rng.integers(len(running)))]

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
-from sim.model.schedulers.base import Params, Scheduler
-from sim.model.serving import _READY, CREDIT_CAP_TOKENS, RUNNING
+from sim.model.schedulers.base import Params, Scheduler, paced_decodes
+from sim.model.serving import RUNNING
 
 if TYPE_CHECKING:
     from sim.model.serving import Sequence, ServingCore
@@ -159,19 +159,7 @@ class BufferAware(Scheduler):
         # while memory is short, a paced stream the policy lets run ahead decodes anyway (see run_ahead)
         short = bool(swapped or incoming) or (bool(waiting) and (
             core.kv_used + waiting[0].prompt_tokens + 1 > kv_total))
-        decodes = []
-        for s in running:
-            rate = s.rate_tps
-            if rate is not None:
-                if now > s.credit_t:
-                    credit = s.credit + rate * (now - s.credit_t)
-                    s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
-                s.credit_t = now
-                if not s.credit >= _READY:
-                    if not (short and self.run_ahead(core, s, now)):
-                        continue
-                    s.credit = 1.0  # the token is granted, not borrowed: pacing resumes from here
-            decodes.append(s)
+        decodes = paced_decodes(running, now, (lambda s: self.run_ahead(core, s, now)) if short else None)
         del decodes[budget:]
         overflowed = False
         while decodes and core.kv_used + len(decodes) > kv_total:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sim.model.schedulers.base import Scheduler
-from sim.model.serving import _READY, CREDIT_CAP_TOKENS
+from sim.model.schedulers.base import Scheduler, paced_decodes, policy_victim
 
 if TYPE_CHECKING:
     from sim.model.serving import Sequence, ServingCore
@@ -22,39 +21,18 @@ class Fcfs(Scheduler):
     name = "fcfs"
     label = "FCFS (vLLM)"
 
-    def _pick_victim(self, core: ServingCore) -> Sequence:
-        policy = core.spec.victim_policy
-        running = core.running
-        if policy == "LIFO":
-            return max(reversed(running), key=lambda s: s.enter_running_s)  # ties: the last to enter
-        if policy == "FIFO":
-            return min(running, key=lambda s: s.enter_running_s)
-        return running[int(core.rng.integers(len(running)))]
-
     def schedule(self, core: ServingCore, now: float) -> tuple[list[Sequence], list[Sequence], list[Sequence]]:
         spec = core.spec
         budget = spec.batch_tokens
         max_running = spec.max_running or 1 << 30
         kv_total = spec.kv_tokens
         running, swapped, waiting, incoming = core.running, core.swapped, core.waiting, core.incoming
-        # 1. running streams the pacer allows, in FCFS order; each grows KV by one token.
-        # Sequence.eligible(), inlined: this visits every running stream every step. Credit accrues at
-        # every visit, as eligible() does, so the arithmetic (and every result) is the same.
-        decodes = []
-        for s in running:
-            rate = s.rate_tps
-            if rate is not None:
-                if now > s.credit_t:
-                    credit = s.credit + rate * (now - s.credit_t)
-                    s.credit = credit if credit < CREDIT_CAP_TOKENS else CREDIT_CAP_TOKENS
-                s.credit_t = now
-                if not s.credit >= _READY:
-                    continue
-            decodes.append(s)
+        # 1. running streams the pacer allows, in FCFS order; each grows KV by one token
+        decodes = paced_decodes(running, now)
         del decodes[budget:]
         preempted = False
         while decodes and core.kv_used + len(decodes) > kv_total:
-            victim = self._pick_victim(core)
+            victim = policy_victim(core)
             core.preempt(victim, now, f"kv {core.kv_used}+{len(decodes)} > {kv_total}")
             preempted = True
             if victim in decodes:

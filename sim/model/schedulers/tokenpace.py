@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from sim.model.schedulers.base import policy_victim
 from sim.model.schedulers.buffered import BufferAware, BufferParams
 from sim.model.serving import _READY
 
@@ -172,10 +173,4 @@ class Tokenpace(BufferAware):
 
     def fallback_victim(self, core: ServingCore, now: float) -> Sequence:
         """fcfs's victim (``server.victim_policy``)."""
-        policy = core.spec.victim_policy
-        running = core.running
-        if policy == "LIFO":
-            return max(reversed(running), key=lambda s: s.enter_running_s)
-        if policy == "FIFO":
-            return min(running, key=lambda s: s.enter_running_s)
-        return running[int(core.rng.integers(len(running)))]
+        return policy_victim(core)
