@@ -15,6 +15,7 @@ import functools
 import importlib
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -35,6 +36,15 @@ FUZZ_ENV = "TOKENPACE_FUZZ"
 settings.register_profile("suite", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile("explore" if os.environ.get(FUZZ_ENV) == "explore" else "suite")
+
+# Tests send Ctrl-C (SIGINT) to the programs they start and check what those do with it. A suite started as
+# a background job of a non-interactive shell (`bash .ci/run &`, a CI runner's nohup) inherits SIGINT
+# *ignored*, and an ignored signal stays ignored across exec: every child would then ignore Ctrl-C (rightly:
+# that is nohup's meaning) and run to the end. Seen: test_kill_resume's Ctrl-C run exited 0, its live
+# recording timed out. The suite's own process takes Python's default handler back, so its children start
+# with SIGINT's default disposition, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @functools.cache
