@@ -3,7 +3,7 @@
     python scripts/ranking_table.py
 
 Per built-in scenario: controllers ranked as everywhere (analysis.metrics.rank_controllers: QoE within
-0.005 of the best is a tie, which fewer wasted tokens break), with waste, stall ratio,
+0.005 of the best is a tie, which fewer wasted tokens break; "=1" for each of a tied best), with waste, stall ratio,
 effective throughput and SLO attainment. The numbers are those in tests/golden/*.json.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from analysis.metrics import rank_controllers
+from analysis.metrics import rank_labels
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 
@@ -22,10 +22,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in sorted(GOLDEN.glob("*.json")):
         pinned = json.loads(path.read_text())
-        order = rank_controllers(pinned)
-        for rank, c in enumerate(order, 1):
+        for i, (rank, c) in enumerate(rank_labels(pinned)):
             m = pinned[c]
-            print(f"| {path.stem if rank == 1 else ''} | {rank} | `{c}` | {m['qoe_mean']:.4f} | {m['waste_frac']:.2%} "
+            print(f"| {path.stem if i == 0 else ''} | {rank} | `{c}` | {m['qoe_mean']:.4f} | {m['waste_frac']:.2%} "
                   f"| {m['stall_ratio']:.2%} | {m['effective_tps']:.1f} | {m['slo_attainment']:.1%} |")
 
 
