@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from sim.model.schedulers.base import Params as _Params
-from sim.model.schedulers.base import Scheduler, paced_decodes
+from sim.model.schedulers.base import Scheduler, paced_decodes, resume_into
 from sim.model.serving import SWAPPED, WAITING
 
 if TYPE_CHECKING:
@@ -236,13 +236,7 @@ class Andes(Scheduler):
             cost = core.resume_tokens(s)
             if cost and cost > budget and (decodes or recomputes):  # larger than B: runs alone
                 break
-            kind = core.resume(s, now)
-            if kind == "recompute":
-                recomputes.append(s)
-                budget -= cost
-            elif kind == "ready" and budget > 0 and s.eligible(now):
-                decodes.append(s)
-                budget -= 1
+            budget -= resume_into(core, s, now, decodes, recomputes, budget)
         # 3. admit in the chosen order: below the threshold only when nobody waits to come back (fcfs)
         prefills: list[Sequence] = []
         for s in list(to_admit):

@@ -101,3 +101,20 @@ def policy_victim(core: ServingCore) -> Sequence:
     if policy == "FIFO":
         return min(running, key=lambda s: s.enter_running_s)
     return running[int(core.rng.integers(len(running)))]
+
+
+def resume_into(core: ServingCore, s: Sequence, now: float, decodes: list[Sequence], recomputes: list[Sequence],
+                budget: int) -> int:
+    """Bring the preempted ``s`` back (``core.resume``) and put it in this step: a recomputation joins
+    ``recomputes`` (its prompt and generated tokens in the budget), a stream whose KV is back joins ``decodes``
+    if the budget and its pacer allow (a swap-in still on the host link joins nothing). Returns the budget
+    taken."""
+    cost = core.resume_tokens(s)
+    kind = core.resume(s, now)
+    if kind == "recompute":
+        recomputes.append(s)
+        return cost
+    if kind == "ready" and budget > 0 and s.eligible(now):
+        decodes.append(s)
+        return 1
+    return 0

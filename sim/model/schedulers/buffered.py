@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
-from sim.model.schedulers.base import Params, Scheduler, paced_decodes
+from sim.model.schedulers.base import Params, Scheduler, paced_decodes, resume_into
 from sim.model.serving import RUNNING
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class BufferAware(Scheduler):
                         blocked = True
                         break
                     budget += n_dec - len(decodes)
-                budget -= self._resume(core, s, now, decodes, recomputes, budget)
+                budget -= resume_into(core, s, now, decodes, recomputes, budget)
         # 3. waiting requests, first come first served; room is made for the head if others can afford it
         while waiting and not blocked and len(running) + len(incoming) < max_running:
             s = waiting[0]
@@ -221,23 +221,10 @@ class BufferAware(Scheduler):
                 cost = core.resume_tokens(s)
                 if cost and cost > budget and (decodes or recomputes or prefills):
                     continue
-                budget -= self._resume(core, s, now, decodes, recomputes, budget)
+                budget -= resume_into(core, s, now, decodes, recomputes, budget)
         return decodes, prefills, recomputes
 
     _preempted_now = 0  # preemptions made to make room in this step
-
-    def _resume(self, core: ServingCore, s: Sequence, now: float, decodes: list[Sequence],
-                recomputes: list[Sequence], budget: int) -> int:
-        """Bring ``s`` back; returns the budget it takes this step."""
-        cost = core.resume_tokens(s)
-        kind = core.resume(s, now)
-        if kind == "recompute":
-            recomputes.append(s)
-            return cost
-        if kind == "ready" and budget > 0 and s.eligible(now):
-            decodes.append(s)
-            return 1
-        return 0
 
     def _urgent(self, core: ServingCore, now: float) -> list[tuple[float, Sequence]]:
         """Preempted streams whose reader needs them back now, most urgent first (unknown: first, in the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sim.model.schedulers.base import Scheduler, paced_decodes, policy_victim
+from sim.model.schedulers.base import Scheduler, paced_decodes, policy_victim, resume_into
 
 if TYPE_CHECKING:
     from sim.model.serving import Sequence, ServingCore
@@ -47,13 +47,7 @@ class Fcfs(Scheduler):
             cost = core.resume_tokens(s)
             if cost and cost > budget and (decodes or recomputes):  # larger than B: runs alone
                 break
-            kind = core.resume(s, now)
-            if kind == "recompute":
-                recomputes.append(s)
-                budget -= cost
-            elif kind == "ready" and budget > 0 and s.eligible(now):
-                decodes.append(s)
-                budget -= 1
+            budget -= resume_into(core, s, now, decodes, recomputes, budget)
         # 3. admit waiting requests FCFS: prefill needs its prompt in the budget and in memory
         prefills: list[Sequence] = []
         while waiting and not swapped and len(running) + len(incoming) < max_running:
