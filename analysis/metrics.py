@@ -21,7 +21,9 @@ screen). Per controller (keys of summary.json):
   tokens never shown to anyone were wasted GPU work.
 * ``run_time_s`` — the latest ``end_s`` of any stream. **Run time** for the rates below.
 * ``effective_tps`` — tokens displayed / run time: useful output per second.
-* ``gpu_busy_frac`` — Σ batch_duration (server.csv) / run time; null without server.csv.
+* ``gpu_busy_frac`` — Σ batch_duration (server.csv) / run time; with ``server.replicas`` N > 1,
+  Σ batch_duration over replicas.csv / (N × run time): the mean busy fraction of a GPU. Null without
+  either file.
 * ``peak_queued_bytes`` — most bytes written but not yet acked for one stream
   (telemetry.csv); ``mean_rate_tps`` — mean paced rate over telemetry rows that were paced.
 * Only when the node looked prefixes up in a prefix cache (``server.prefix_cache``; events.csv's
@@ -44,12 +46,14 @@ import numpy as np
 
 from analysis.qoe import StallIntervals, andes_qoe, stall_intervals
 from analysis.results import (
+    SERVER_COLUMNS,
     ControllerRun,
     ResultsFormatError,
     Run,
     Table,
     load_controller_dir,
     load_run,
+    read_csv,
     to_jsonable,
     write_json,
 )
@@ -257,8 +261,10 @@ def _nanmax(table: Table | None, column: str) -> float | None:
     return float(values.max()) if values.size else None
 
 
-def summarize_controller(ctrl: ControllerRun | Path | str, slo_qoe: float = 0.9) -> dict[str, Metric]:
-    """The metrics of one controller (keys: :data:`METRIC_KEYS`; see the module text)."""
+def summarize_controller(ctrl: ControllerRun | Path | str, slo_qoe: float = 0.9,
+                         replicas: int = 1) -> dict[str, Metric]:
+    """The metrics of one controller (keys: :data:`METRIC_KEYS`; see the module text). ``replicas`` is
+    the run's ``server.replicas`` (its steps are in replicas.csv when it is above 1)."""
     if not isinstance(ctrl, ControllerRun):
         ctrl = load_controller_dir(ctrl)
     sm = stream_metrics(ctrl)
@@ -274,6 +280,9 @@ def summarize_controller(ctrl: ControllerRun | Path | str, slo_qoe: float = 0.9)
     busy = None
     if ctrl.server is not None and run_time_s:
         busy = float(np.nansum(ctrl.server["batch_duration"])) / run_time_s
+    elif replicas > 1 and run_time_s and (ctrl.path / REPLICAS_CSV).exists():
+        steps = read_csv(ctrl.path / REPLICAS_CSV, ("replica", *SERVER_COLUMNS))
+        busy = float(np.nansum(steps["batch_duration"])) / (replicas * run_time_s)
     rates = ctrl.telemetry["rate_tps"] if ctrl.telemetry is not None else np.zeros(0)
     rates = rates[~np.isnan(rates)]
     summary: dict[str, Metric] = {
@@ -328,6 +337,16 @@ def cache_metrics(events: Table | None) -> dict[str, Metric]:
     }
 
 
+REPLICAS_CSV = "replicas.csv"  # a run with server.replicas > 1: server.csv's columns after a replica column
+
+
+def replicas_of(scenario: Mapping[str, Any]) -> int:
+    """``server.replicas`` of a resolved scenario (1 when it does not say)."""
+    server = scenario.get("server") if isinstance(scenario, Mapping) else None
+    value = server.get("replicas", 1) if isinstance(server, Mapping) else 1
+    return value if isinstance(value, int) and value >= 1 else 1
+
+
 def summarize_run(run: Run | Path | str, *, write: bool = True) -> dict[str, Any]:
     """Summaries of every controller of a run; written to ``DIR/summary.json`` unless ``write=False``.
 
@@ -340,7 +359,7 @@ def summarize_run(run: Run | Path | str, *, write: bool = True) -> dict[str, Any
     slo = run.slo_qoe
     raw = {
         "scenario": run.scenario_name,
-        "controllers": {c.name: summarize_controller(c, slo) for c in run},
+        "controllers": {c.name: summarize_controller(c, slo, replicas_of(run.scenario)) for c in run},
     }
     summary: dict[str, Any] = to_jsonable(raw, 6)
     if write:

@@ -89,9 +89,10 @@ class ServerSpec(_Model):
         1, ge=1, le=MAX_REPLICAS, description="copies of this node (GPUs, data parallel), each with its own KV "
         "memory, budget and scheduler; a request goes to one of them (server.router) when it reaches the server"
     )
-    router: Literal["round_robin", "least_outstanding"] = Field(
+    router: Literal["round_robin", "least_outstanding", "prefix_affinity"] = Field(
         "round_robin", description="which replica serves a request (sim/model/router.py): round_robin in turn; "
-        "least_outstanding the one holding fewest unfinished requests (ties in turn)"
+        "least_outstanding the one holding fewest unfinished requests (ties in turn); prefix_affinity the "
+        "replica that served the request's shared prefix last, within a bounded load (else least_outstanding)"
     )
 
     prefix_cache: PrefixCacheSpec | None = Field(

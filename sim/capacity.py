@@ -84,7 +84,7 @@ def run_probe(loaded: LoadedScenario, controller: str, params: dict[str, Any], s
     with tempfile.TemporaryDirectory(prefix="tokenpace-capacity-") as tmp:
         folder = Path(tmp) / "probe"
         run_controller(loaded, requests, controller, params, folder, seed)
-        summary = summarize_controller(folder, loaded.scenario.slo.qoe)
+        summary = summarize_controller(folder, loaded.scenario.slo.qoe, loaded.scenario.server.replicas)
     out: dict[str, Any] = to_jsonable(summary, 6)
     return out
 

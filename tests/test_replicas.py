@@ -72,10 +72,51 @@ def test_least_outstanding_counts_waiting_running_and_preempted():
     assert lo.choose(_seq(9), cores) == 1  # the least loaded wins even against the turn
 
 
+def _pseq(i: int, pid: int | None) -> Sequence:
+    return Sequence(f"p{i}", 0.0, 50, 5, lambda t, idx: None, 10.0, 1.0, prefix_id=pid,
+                    prefix_tokens=0 if pid is None else 40)
+
+
+def test_prefix_affinity_keeps_a_prefix_on_its_replica_within_the_load_bound():
+    cores = _cores(2)
+    pa = routers.make("prefix_affinity")
+    # empty cluster: prefix 7 has no home yet -> least outstanding (a tie: replica 0); then it stays there
+    first = pa.choose(_pseq(0, 7), cores)
+    assert first == 0
+    cores[0].add(_pseq(0, 7), 0.0)
+    # loads [1, 0]: bound = ceil(1.25 * (1 + 1) / 2) = 2; replica 0 would hold 2 <= 2 -> home
+    assert pa.choose(_pseq(1, 7), cores) == 0
+    cores[0].add(_pseq(1, 7), 0.0)
+    # loads [2, 0]: bound = ceil(1.25 * 3 / 2) = 2; replica 0 would hold 3 > 2 -> least outstanding (1),
+    # and the prefix's home moves there
+    assert pa.choose(_pseq(2, 7), cores) == 1
+    cores[1].add(_pseq(2, 7), 0.0)
+    assert pa.home[7] == 1
+    # a request without a prefix is least outstanding's: loads [2, 1] -> 1
+    assert pa.choose(_pseq(3, None), cores) == 1
+    # another prefix gets its own home, by least outstanding at the time: loads [2, 1] -> 1
+    assert pa.choose(_pseq(4, 9), cores) == 1 and pa.home[9] == 1
+
+
+def test_prefix_affinity_load_bound_against_hand_counts():
+    cores = _cores(4)
+    pa = routers.make("prefix_affinity")
+    pa.home[3] = 2
+    for _ in range(4):
+        cores[2].add(_pseq(0, 3), 0.0)  # loads [0, 0, 4, 0]
+    for _ in range(3):
+        cores[0].add(_pseq(0, None), 0.0)
+        cores[1].add(_pseq(0, None), 0.0)
+        cores[3].add(_pseq(0, None), 0.0)  # loads [3, 3, 4, 3]: mean with this request 14/4 -> bound 5
+    assert pa.choose(_pseq(1, 3), cores) == 2  # 4 + 1 = 5 <= ceil(1.25 * 14 / 4) = 5
+    cores[2].add(_pseq(1, 3), 0.0)  # loads [3, 3, 5, 3]: bound ceil(1.25 * 15 / 4) = 5, 6 > 5
+    assert pa.choose(_pseq(2, 3), cores) == 0
+
+
 def test_router_names_are_the_schemas():
     allowed = typing.get_args(ServerSpec.model_fields["router"].annotation)
     assert set(routers.REGISTRY) == set(allowed)
-    with pytest.raises(KeyError, match="known: round_robin, least_outstanding"):
+    with pytest.raises(KeyError, match="known: round_robin, least_outstanding, prefix_affinity"):
         routers.make("random")
 
 
@@ -182,3 +223,17 @@ def test_schema_bounds_replicas_and_names_routers():
         parse_scenario(_with_server(TINY, replicas=0, router="random"), "bad.yaml")
     text = str(exc.value)
     assert "server.replicas" in text and "server.router" in text
+
+
+def test_gpu_busy_frac_of_two_replicas_is_the_mean_over_gpus(tmp_path):
+    from analysis.metrics import summarize_run
+
+    out = _run(_with_server(SYMMETRIC, replicas=2, router="round_robin"), tmp_path / "two")
+    (tmp_path / "run.json").write_text('{"mode": "sim", "controllers": ["unpaced"], "scenario": '
+                                       '{"name": "symmetric", "server": {"replicas": 2}, "slo": {"qoe": 0.9}}}')
+    out.rename(tmp_path / "unpaced")
+    m = summarize_run(tmp_path, write=False)["controllers"]["unpaced"]
+    with (tmp_path / "unpaced" / "replicas.csv").open() as f:
+        stepping = math.fsum(float(r["batch_duration"]) for r in csv.DictReader(f))
+    assert m["run_time_s"] > 0 and 0 < m["gpu_busy_frac"] < 1
+    assert m["gpu_busy_frac"] == pytest.approx(stepping / (2 * m["run_time_s"]), rel=1e-4)

@@ -19,20 +19,31 @@ core -- and answers the replica's index.
   light load would send replica 0 most requests). It counts requests, not their work: a replica with
   few long requests looks as free as one with few short ones.
 
-A router that needs more of the request (a prefix-affinity router reading the request's shared prefix
-and each core's prefix cache) is one more class in :data:`REGISTRY`; ``scenarios/schema.py``'s
-``ServerSpec.router`` lists the names a scenario may give.
+* ``prefix_affinity``: a request with a shared prefix (``workload.prefix``) goes to the replica that
+  served that prefix last, so its replica's prefix cache (``server.prefix_cache``) holds it and the hit
+  skips the prefix's prefill; the router keeps its own map of prefix -> replica, as a real router does
+  (SGLang's cache-aware router keeps an approximate radix tree per worker rather than asking them), so
+  it works before the replica's cache has the prefix and without reading the replicas' caches. Load is
+  bounded as in consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam, SODA 2018;
+  HAProxy's ``hash-balance-factor``): a replica takes an affine request only while its outstanding
+  requests, this one included, stay within ``ceil((1 + EPSILON) x`` the mean over replicas); otherwise,
+  and for requests without a prefix, least_outstanding chooses, and the prefix moves to the replica
+  chosen. ``EPSILON`` = 0.25 (HAProxy's documented example ``hash-balance-factor 125``).
+
+A router is one class in :data:`REGISTRY`; ``scenarios/schema.py``'s ``ServerSpec.router`` lists the
+names a scenario may give.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence as Seq
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from sim.model.serving import Sequence, ServingCore
 
-__all__ = ["REGISTRY", "LeastOutstanding", "RoundRobin", "Router", "make", "outstanding"]
+__all__ = ["REGISTRY", "LeastOutstanding", "PrefixAffinity", "RoundRobin", "Router", "make", "outstanding"]
 
 
 def outstanding(core: ServingCore) -> int:
@@ -82,7 +93,31 @@ class LeastOutstanding(Router):
         return i
 
 
-REGISTRY: dict[str, type[Router]] = {cls.name: cls for cls in (RoundRobin, LeastOutstanding)}
+class PrefixAffinity(Router):
+    name = "prefix_affinity"
+    label = "prefix affinity: a prefix's last replica, within a bounded load (else least outstanding)"
+
+    EPSILON = 0.25  # load bound: (1 + EPSILON) x the mean outstanding requests per replica
+
+    def __init__(self) -> None:
+        self.least = LeastOutstanding()
+        self.home: dict[int, int] = {}  # prefix id -> the replica that served it last
+
+    def choose(self, seq: Sequence, cores: Seq[ServingCore]) -> int:
+        pid = seq.prefix_id
+        home = self.home.get(pid) if pid is not None else None
+        if home is not None and home < len(cores):
+            loads = [outstanding(c) for c in cores]
+            bound = math.ceil((1.0 + self.EPSILON) * (sum(loads) + 1) / len(cores))
+            if loads[home] + 1 <= bound:
+                return home
+        i = self.least.choose(seq, cores)
+        if pid is not None:
+            self.home[pid] = i
+        return i
+
+
+REGISTRY: dict[str, type[Router]] = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, PrefixAffinity)}
 
 
 def make(name: str) -> Router:
