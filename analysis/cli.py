@@ -462,7 +462,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep_export(args: argparse.Namespace) -> int:
-    from analysis.seed004 import export
+    from analysis.seed004 import write_export
     from analysis.sweep import is_sweep_folder
 
     folder = _results_dir("DIR", args.dir)
@@ -479,18 +479,11 @@ def _cmd_sweep_export(args: argparse.Namespace) -> int:
     st = _stat(f"--out {out}", out)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise BadInput(f"--out {out}", "is a folder, not a file")
-    if args.format == "cache_experiments":
-        from analysis.seed004_cache import write_cache_experiments
-
-        written = write_cache_experiments(folder, out, controller=args.controller)
+    written, result = write_export(folder, args.format, args.controller, out, where)
+    if result is None:  # cache_experiments
         _console().print(written.read_text(encoding="utf-8").rstrip(), highlight=False, soft_wrap=True)
         _console().print(f"csv: {written}", soft_wrap=True)
         return EXIT_OK
-    result = export(folder, args.format, args.controller, where)
-    if not result.rows:
-        raise BadInput(f"DIR {args.dir}", f"no finished run of {result.controller} to export")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(result.text, encoding="utf-8")
     console = _console()
     console.print(f"{args.format} ({result.controller}, over {result.key}; means over seeds, 95% interval):")
     for row, ivs in zip(result.rows, result.intervals, strict=True):

@@ -62,13 +62,16 @@ from analysis.sweep import SWEEP_MODE, t_interval, value_text
 __all__ = [
     "BATCH_ANALYSIS_COLUMNS",
     "BATCH_KEYS",
+    "EXPORT_FORMATS",
     "FORMATS",
     "GPU_SCALING_COLUMNS",
     "REPLICAS_KEY",
     "Export",
     "RunFigures",
     "export",
+    "export_problem",
     "run_figures",
+    "write_export",
 ]
 
 GPU_SCALING_COLUMNS = ("parallelism", "total_throughput", "scale_factor", "gpu_distribution", "execution_time")
@@ -324,3 +327,40 @@ def export(folder: Path | str, fmt: str, controller: str | None = None, where: M
     else:
         rows, intervals = _batch_analysis(folder, info, cells, ctrl, key)
     return Export(fmt, ctrl, key, _csv_text(columns, rows), rows, intervals)
+
+
+#: every CSV ``python -m analysis sweep-export`` and a sweep file's ``export`` key write, and the grid
+#: key each needs swept (any one of them).
+EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
+    "gpu_scaling": (REPLICAS_KEY,),
+    "batch_analysis": BATCH_KEYS,
+    "cache_experiments": ("server.prefix_cache",),
+}
+
+
+def export_problem(fmt: str, grid: Mapping[str, Any]) -> str | None:
+    """Why a sweep over ``grid`` cannot give seed 004's CSV ``fmt`` (None when it can)."""
+    if fmt not in EXPORT_FORMATS:
+        return f"unknown format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}"
+    keys = EXPORT_FORMATS[fmt]
+    if not any(k in grid and len(grid[k]) > 1 for k in keys):
+        return f"{fmt} needs the grid to sweep {' or '.join(keys)} over two values or more"
+    return None
+
+
+def write_export(folder: Path | str, fmt: str, controller: str | None = None, out: Path | str | None = None,
+                 where: Mapping[str, str] | None = None) -> tuple[Path, Export | None]:
+    """Write seed 004's CSV ``fmt`` of the sweep in ``folder`` to ``out`` (default ``DIR/<fmt>.csv``);
+    returns the file and, for gpu_scaling and batch_analysis, what :func:`export` made (its intervals)."""
+    folder = Path(folder)
+    path = Path(out) if out is not None else folder / f"{fmt}.csv"
+    if fmt == "cache_experiments":
+        from analysis.seed004_cache import write_cache_experiments
+
+        return write_cache_experiments(folder, path, controller=controller), None
+    result = export(folder, fmt, controller, where)
+    if not result.rows:
+        raise ResultsFormatError(folder / "run.json", f"no finished run of {result.controller} to export")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.text, encoding="utf-8")
+    return path, result

@@ -40,6 +40,7 @@ from typing import Any
 
 from analysis.metrics import METRIC_KEYS
 from analysis.results import to_jsonable
+from analysis.seed004 import write_export
 from analysis.sweep import SWEEP_CSV, SWEEP_JSON, SWEEP_MODE, aggregate, csv_columns, sweep_table, value_text
 from scenarios.cli_errors import BadInput
 from sim.record import COMPLETE, INTERRUPTED, RUNNING, read_run_json, sigterm_as_ctrl_c, write_json_durably
@@ -304,6 +305,8 @@ def run_sweep(plan: SweepPlan, backend: str = "local", jobs: int = 1, address: s
                       "cells": aggregate(rows, [{"id": c.id, "values": c.values} for c in plan.cells], plan.entries)}
             write_json_durably(plan.out / SWEEP_JSON, result)
             write_json_durably(plan.out / "run.json", {**static, "status": status, "finished": names()})
+    for fmt in plan.exports:  # the sweep file's ``export``: seed 004's CSVs, once every run has finished
+        write_export(plan.out, fmt)
     return result
 
 
@@ -380,4 +383,6 @@ def main_sweep(argv: list[str]) -> int:
         console.print(sweep_table(info["cells"], list(plan.grid)))
         console.print(f"{len(plan.cells)} cells x {len(plan.seeds)} seeds x {len(plan.entries)} controllers; "
                       f"results in {plan.out}/ (figures: python -m analysis {plan.out})", highlight=False)
+        for fmt in plan.exports:
+            console.print(f"{fmt}: {plan.out / f'{fmt}.csv'}", highlight=False, soft_wrap=True)
     return 0

@@ -8,6 +8,7 @@
       controllers.buffer.cushion_s: [0.5, 1.0]   # a controller's parameter
     seeds: [1, 2, 3]                 # every cell runs once per seed (a 95% CI across seeds)
     controllers: [unpaced, buffer, buffer@tokenpace]   # optional (default: the base scenario's)
+    export: [gpu_scaling]            # optional: seed 004's CSVs written into the folder when the sweep ends
 
 Checked like a scenario (:mod:`scenarios.loader`): every problem at once, each naming the sweep file
 and key. A grid key must be a key of the scenario (walked on the base with every default filled in;
@@ -30,6 +31,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 import controllers
+from analysis.seed004 import export_problem
 from analysis.sweep import value_text
 from scenarios import LoadedScenario, ScenarioError, builtin_scenarios, load_scenario
 from scenarios.cli_errors import BadInput
@@ -71,6 +73,9 @@ class SweepSpec(BaseModel):
     seeds: list[StrictInt] = Field(min_length=1, description="each cell runs once per seed")
     controllers: list[str] | None = Field(None, min_length=1, description="entries, NAME or NAME@SCHEDULER "
                                           "(default: the base scenario's controllers)")
+    export: list[str] = Field(default_factory=list, description="seed 004's CSVs to write into the results "
+                              "folder when the sweep ends: gpu_scaling, batch_analysis, cache_experiments "
+                              "(as python -m analysis sweep-export)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class SweepPlan:
     seeds: list[int]
     entries: list[str]
     out: Path
+    exports: tuple[str, ...] = ()
 
     def run_dir(self, cell: Cell, seed: int) -> Path:
         return self.out / "cells" / cell.id / f"seed-{seed}"
@@ -311,6 +317,12 @@ def load_sweep(path: Path | str, out: Path | None = None) -> SweepPlan:
         for value in values:
             _, wrong = _variant(base, {key: value}, entries)
             problems += [(gk, f"value {value_text(value)[:40]}: {k}: {m}") for k, m in wrong]
+    for i, fmt in enumerate(spec.export):
+        problem = export_problem(fmt, spec.grid)
+        if problem is not None:
+            problems.append((f"{where}export.{i}", problem))
+    if len(set(spec.export)) != len(spec.export):
+        problems.append((where + "export", "a format is listed twice"))
     runs = len(spec.seeds)
     for values in spec.grid.values():
         runs *= len(values)
@@ -330,4 +342,4 @@ def load_sweep(path: Path | str, out: Path | None = None) -> SweepPlan:
     if problems:
         raise BadInput.many(problems)
     return SweepPlan(path, name, base, grid, cells, list(spec.seeds), entries,
-                     out if out is not None else Path("results") / name)
+                     out if out is not None else Path("results") / name, tuple(spec.export))

@@ -248,3 +248,44 @@ def test_killed_sweep_resumes_to_the_same_csv(tmp_path: Path) -> None:
         "base: capacity-tiny.yaml", f"base: {HERE / 'capacity-tiny.yaml'}"), encoding="utf-8")
     ended = run_module("sim", ["sweep", str(other), "--out", str(out), "--quiet", "--resume"], timeout_s=DEADLINE_S)
     assert ended.code == 2 and "error: --resume:" in ended.err and "the seeds differ" in ended.err
+
+
+# --------------------------------------------------------------------------- built-in sweeps and export
+def test_every_built_in_sweep_file_loads_and_its_exports_fit_its_grid() -> None:
+    root = Path(__file__).resolve().parent.parent / "sweeps"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"gpu-scaling", "batch-tradeoff", "prefix-cache", "scheduler-comparison",
+                                       "prefix-routing"}
+    exports = {}
+    for f in files:
+        plan = load_sweep(f)
+        assert plan.cells and plan.seeds and plan.entries, f
+        exports[f.stem] = plan.exports
+    assert exports["gpu-scaling"] == ("gpu_scaling",) and exports["batch-tradeoff"] == ("batch_analysis",)
+    assert exports["prefix-cache"] == ("cache_experiments",)
+
+
+def test_export_key_is_checked_against_the_grid_and_written_at_the_end(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": str(HERE / "capacity-tiny.yaml"), "grid": {"server.max_running": [1, 4]},
+                                   "seeds": [1], "controllers": ["unpaced"],
+                                   "export": ["gpu_scaling", "batch_analysis", "nope"]}), encoding="utf-8")
+    ended = call_main(sim_main, ["sweep", str(bad)])
+    assert ended.code == 2
+    assert ended.err.splitlines() == [
+        f"error: {bad}: export.0: gpu_scaling needs the grid to sweep server.replicas over two values or more",
+        f"error: {bad}: export.2: unknown format 'nope'; known: gpu_scaling, batch_analysis, cache_experiments",
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"base": str(HERE / "capacity-tiny.yaml"), "grid": {"server.max_running": [1, 4]},
+                                    "seeds": [1, 2], "controllers": ["unpaced"], "export": ["batch_analysis"]}),
+                    encoding="utf-8")
+    _sweep(tmp_path / "out", sweep=good)
+    written = (tmp_path / "out" / "batch_analysis.csv").read_text(encoding="utf-8")
+    by_hand = run_module("analysis", ["sweep-export", str(tmp_path / "out"), "--format", "batch_analysis", "--out",
+                                      str(tmp_path / "again.csv")], timeout_s=DEADLINE_S)
+    by_hand.check(allowed=(0,))
+    assert written == (tmp_path / "again.csv").read_text(encoding="utf-8")
+    lines = written.splitlines()
+    assert lines[0] == "batch_size,avg_wait_ms,avg_latency_ms,throughput_req_per_sec,total_requests,efficiency_notes"
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["1", "4"]
