@@ -68,6 +68,7 @@ from scenarios.schema import (
     PathSpec,
     RateFault,
 )
+from sim.model.path import MIN_QUEUE_BYTES, default_queue_bytes, gilbert_elliott_mean_loss, nominal_rate_bps
 
 __all__ = [
     "BACKENDS",
@@ -94,7 +95,6 @@ FILTER_PREF = 0x7A1E  # our clsact egress filter's preference
 NFT_TABLE = "tokenpace"  # family netdev
 STATE_DIR = Path("/run/tokenpace")
 DROPPER_C = Path(__file__).with_name("bpf") / "tc_loss.c"
-MIN_QUEUE_BYTES = 64 * 1024
 DEFAULT_MTU_BYTES = 1514
 NFT_SCALE = 1_000_000  # nft loss granularity: parts per million
 NETEM_UNLIMITED_RATE = "1000gbit"  # "no rate" for a netem that had one: 0.5 us per 64 KB skb
@@ -119,9 +119,8 @@ class GeLoss:
 
     @property
     def mean_loss(self) -> float:
-        """Stationary loss rate: pi_bad * loss_bad + pi_good * loss_good."""
-        pi_bad = self.p / (self.p + self.r) if self.p + self.r > 0 else 0.0
-        return pi_bad * self.loss_bad + (1 - pi_bad) * self.loss_good
+        """Stationary loss rate (the path model's formula)."""
+        return gilbert_elliott_mean_loss(self.p, self.r, self.loss_bad, self.loss_good)
 
 
 LossModel = float | GeLoss  # a float is Bernoulli's p
@@ -191,12 +190,17 @@ def _base_rate(base: PathSpec | None, t_s: float) -> float | None:
 
 
 def _queue_bytes(base: PathSpec | None, rate_mbps: float | None) -> int | None:
+    """The path's queue, else the simulator's default (``sim.model.path.default_queue_bytes``): one BDP
+    at the path's nominal rate, which does not shrink while a fault fades the link. A path whose rate
+    the player does not know (none given, or a trace it does not replay) is sized at the rate in force."""
     if base is not None and base.queue_bytes is not None:
         return base.queue_bytes
+    rtt_ms = base.rtt_ms if base is not None else 40.0
+    if base is not None and base.trace is None:
+        return default_queue_bytes(nominal_rate_bps(base), rtt_ms)
     if rate_mbps is None:
         return None
-    rtt_s = (base.rtt_ms if base is not None else 40.0) / 1000.0
-    return max(MIN_QUEUE_BYTES, int(rate_mbps * 1e6 / 8 * rtt_s))
+    return default_queue_bytes(rate_mbps * 1e6, rtt_ms)
 
 
 def shape_at(t_s: float, faults: Sequence[Any], base: PathSpec | None = None, *, base_delay: bool = True) -> Shape:

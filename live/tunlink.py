@@ -7,20 +7,20 @@ other side at the time the path model says it arrives. No qdisc is involved, so 
 without sch_netem or fq, and it reproduces what tbf + a dropper cannot: the path's propagation delay
 (``rtt_ms``), delay faults, and Mahimahi traces packet by packet.
 
-The model is the simulator's, not a copy of its behaviour: :class:`LinkSchedule` runs the same
-capacity object (``sim.network.faulted_capacity``: constant rate, schedule or trace, with rate and
-outage faults) and the same loss object (``sim.network.loss_model_for``: Bernoulli / Gilbert-Elliott
-plus loss-fault windows, seeded like the simulator's path) through the same arithmetic as
-``sim.link.Link.send`` — random loss first, then a drop-tail FIFO virtual queue of ``queue_bytes``,
-departure = ``capacity.tx_finish_s(max(now, last_departure), size)``, arrival = departure + rtt/2 + the
-delay faults covering the departure, arrivals never overtaking. The downlink (a -> b: data) goes
-through it; the uplink (b -> a: ACKs, requests) is the simulator's ``DelayLine``, a pure delay of
-rtt/2 with no queue and no loss (:class:`DelaySchedule`). A packet's size is its IP length as read
-from the TUN device, headers included — what ``sim.tcp`` counts too (MSS + 52 bytes of IP + TCP +
-timestamp option headers: 1500 for a full segment).
+The model is the simulator's, not a copy of its behaviour: the downlink (a -> b: data) is the path
+model's ``sim.model.path.Bottleneck``, built by ``PathModel.from_spec(spec, faults, base_dir)`` as the
+simulator's ``sim.network.build_path`` builds its link -- the same capacity object (constant rate,
+schedule or trace, with rate and outage faults), the same loss object (Bernoulli / Gilbert-Elliott plus
+loss-fault windows, seeded like the simulator's path) and the same ``offer`` arithmetic: random loss
+first, then a drop-tail FIFO virtual queue of ``queue_bytes``, departure =
+``capacity.tx_finish_s(max(now, last_departure), size)``, arrival = departure + rtt/2 + the delay faults
+covering the departure, arrivals never overtaking. The uplink (b -> a: ACKs, requests) is what the
+simulator's ``DelayLine`` is, a pure delay of rtt/2 with no queue and no loss (:class:`DelaySchedule`).
+A packet's size is its IP length as read from the TUN device, headers included — what ``sim.tcp``
+counts too (MSS + 52 bytes of IP + TCP + timestamp option headers: 1500 for a full segment).
 
 Several paths (a scenario's ``wifi`` and ``wired``, say) share one TUN pair: the client side gets one
-address per path (``10.202.N.2``, ``.3``, ...), each path its own :class:`LinkSchedule` and
+address per path (``10.202.N.2``, ``.3``, ...), each path its own :class:`Bottleneck` and
 :class:`DelaySchedule`, its own loss stream (the simulator's for that path's index), and a packet
 takes the path of its client-side address -- the destination on the downlink, the source on the
 uplink. A client socket bound to a path's address therefore crosses that path both ways; one that
@@ -89,8 +89,7 @@ import sys
 import threading
 import time
 from array import array
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from pathlib import Path
@@ -99,12 +98,11 @@ from typing import Any
 import numpy as np
 
 from live.netns import NETNS_DIR, VethPair, die_with_parent, run
-from sim.link import Capacity, ConstantCapacity, LossModel
+from sim.model.path import Bottleneck, ConstantCapacity, LossModel, PathModel
 
 __all__ = [
     "DelaySchedule",
     "LinkProcess",
-    "LinkSchedule",
     "PathPlay",
     "TunLink",
     "TunPair",
@@ -132,119 +130,6 @@ _counter = itertools.count()
 
 
 # ============================================================================================ model
-class LinkSchedule:
-    """The bottleneck of ``sim.link.Link`` without SimPy: ``offer(now_s, size_bytes)`` -> arrival time.
-
-    The same steps and arithmetic as ``Link.send``: random loss first (None, counted in
-    ``random_drops``), then the drop-tail FIFO virtual queue (None when the packet does not fit,
-    counted in ``tail_drops``), departure from the capacity model, arrival = departure +
-    ``prop_delay_s`` + the ``delay_windows`` ``(start_s, end_s, added_s)`` covering the departure,
-    clamped so arrivals never overtake. ``math.inf`` means the capacity never serves the packet (a
-    rate schedule that ends at 0): it stays in the queue for good, as in the simulator
-    (``stuck_pkts``). Calls must come with non-decreasing ``now_s``.
-    """
-
-    __slots__ = (
-        "_backlog_bytes",
-        "_delay_windows",
-        "_last_arr_s",
-        "_last_dep_s",
-        "_loss",
-        "_queue",
-        "_s_per_byte",
-        "_tx_finish_s",
-        "capacity",
-        "max_backlog_bytes",
-        "offered_bytes",
-        "offered_pkts",
-        "passed_bytes",
-        "passed_pkts",
-        "prop_delay_s",
-        "queue_bytes",
-        "random_drops",
-        "stuck_pkts",
-        "tail_drops",
-    )
-
-    def __init__(self, capacity: Capacity, prop_delay_s: float, queue_bytes: int, loss: LossModel | None = None,
-                 delay_windows: Iterable[tuple[float, float, float]] = ()) -> None:
-        if prop_delay_s < 0 or queue_bytes <= 0:
-            raise ValueError("prop_delay_s must be >= 0 and queue_bytes > 0")
-        from sim.link import NoLoss
-
-        self.capacity = capacity
-        self._tx_finish_s = capacity.tx_finish_s
-        self._s_per_byte = capacity.s_per_byte if type(capacity) is ConstantCapacity else 0.0
-        self.prop_delay_s = prop_delay_s
-        self.queue_bytes = queue_bytes
-        self._loss = None if isinstance(loss, NoLoss) else loss
-        self._delay_windows = list(delay_windows)
-        self._queue: deque[tuple[float, int]] = deque()  # (departure_s, size_bytes) not yet gone
-        self._backlog_bytes = 0
-        self._last_dep_s = -math.inf
-        self._last_arr_s = -math.inf
-        self.offered_pkts = self.offered_bytes = self.passed_pkts = self.passed_bytes = 0
-        self.random_drops = self.tail_drops = self.stuck_pkts = self.max_backlog_bytes = 0
-
-    def backlog_bytes(self, now_s: float) -> int:
-        """Bytes queued or in transmission at ``now_s``."""
-        q = self._queue
-        while q and q[0][0] <= now_s:
-            self._backlog_bytes -= q.popleft()[1]
-        return self._backlog_bytes
-
-    def offer(self, now_s: float, size_bytes: int) -> float | None:
-        """The arrival time at the far end of a packet offered at ``now_s``; None if the link drops it."""
-        self.offered_pkts += 1
-        self.offered_bytes += size_bytes
-        if self._loss is not None and self._loss.lost(now_s):
-            self.random_drops += 1
-            return None
-        q = self._queue
-        while q and q[0][0] <= now_s:
-            self._backlog_bytes -= q.popleft()[1]
-        if self._backlog_bytes + size_bytes > self.queue_bytes:
-            self.tail_drops += 1
-            return None
-        last_dep_s = self._last_dep_s
-        start_s = last_dep_s if last_dep_s > now_s else now_s
-        s_per_byte = self._s_per_byte
-        dep_s = start_s + size_bytes * s_per_byte if s_per_byte else self._tx_finish_s(start_s, size_bytes)
-        self._last_dep_s = dep_s
-        q.append((dep_s, size_bytes))
-        self._backlog_bytes += size_bytes
-        if self._backlog_bytes > self.max_backlog_bytes:
-            self.max_backlog_bytes = self._backlog_bytes
-        if dep_s == math.inf:
-            self.stuck_pkts += 1
-            return math.inf
-        arr_s = dep_s + self.prop_delay_s
-        if self._delay_windows:
-            arr_s += sum(d for s, e, d in self._delay_windows if s <= dep_s < e)
-        if arr_s < self._last_arr_s:
-            arr_s = self._last_arr_s
-        self._last_arr_s = arr_s
-        self.passed_pkts += 1
-        self.passed_bytes += size_bytes
-        return arr_s
-
-    def continue_from(self, other: LinkSchedule, now_other_s: float, shift_s: float) -> None:
-        """Take over the packets ``other`` still holds at ``now_other_s`` on its clock, which reads
-        ``shift_s`` more than this one's: the queue, the last departure and the last arrival."""
-        other.backlog_bytes(now_other_s)
-        for dep_s, size in other._queue:
-            self._queue.append((dep_s - shift_s, size))
-            self._backlog_bytes += size
-        self._last_dep_s = max(self._last_dep_s, other._last_dep_s - shift_s)
-        self._last_arr_s = max(self._last_arr_s, other._last_arr_s - shift_s)
-
-    def counters(self) -> dict[str, int]:
-        return {"offered_pkts": self.offered_pkts, "offered_bytes": self.offered_bytes,
-                "passed_pkts": self.passed_pkts, "passed_bytes": self.passed_bytes,
-                "random_drops": self.random_drops, "tail_drops": self.tail_drops, "stuck_pkts": self.stuck_pkts,
-                "max_backlog_bytes": self.max_backlog_bytes}
-
-
 class DelaySchedule:
     """The reverse path of ``sim.link.DelayLine``: every packet arrives ``delay_s`` after it was offered."""
 
@@ -300,41 +185,23 @@ class PathPlay:
 
 
 def path_schedules(spec: Any, faults: Sequence[Any], base_dir: str | Path, rng: np.random.Generator
-                   ) -> tuple[LinkSchedule, DelaySchedule]:
-    """The downlink and the uplink of a ``scenarios.schema.PathSpec`` with its faults, built by the
-    simulator's own helpers (``sim.network.build_path`` makes the same objects)."""
-    from scenarios.schema import DelayFault
-    from sim.network import default_queue_bytes, faulted_capacity, loss_model_for
-
-    base = Path(base_dir)
-    faults = list(faults)
-    one_way_s = spec.rtt_ms / 2000
-    queue = spec.queue_bytes or default_queue_bytes(spec, base)
-    delay_windows = [(f.at_s, f.end_s, f.delay_ms / 1000) for f in faults if isinstance(f, DelayFault)]
-    down = LinkSchedule(faulted_capacity(spec, faults, base), one_way_s, queue, loss_model_for(spec, faults, rng),
-                        delay_windows)
-    return down, DelaySchedule(one_way_s)
+                   ) -> tuple[Bottleneck, DelaySchedule]:
+    """The downlink and the uplink of a ``scenarios.schema.PathSpec`` with its faults: the path model's
+    bottleneck (``sim.network.build_path`` builds the simulator's link from the same model) and its
+    one-way delay."""
+    model = PathModel.from_spec(spec, faults, Path(base_dir))
+    return model.bottleneck(rng), DelaySchedule(model.one_way_s)
 
 
 def prestart_schedule(spec: Any, faults: Sequence[Any], base_dir: str | Path, rng: np.random.Generator
-                      ) -> LinkSchedule:
+                      ) -> Bottleneck:
     """The downlink before the clock starts: the t=0 conditions held constant (see the module doc).
     Its clock may be any (the live link feeds it ``time.monotonic()``)."""
-    from scenarios.schema import DelayFault
-    from sim.network import default_queue_bytes, faulted_capacity, loss_model_for, nominal_rate_bps
-
-    base = Path(base_dir)
-    faults = list(faults)
-    nominal_bps = nominal_rate_bps(spec, base)
-    spec0 = spec if spec.trace is None else spec.model_copy(update={"trace": None, "rate_mbps": nominal_bps / 1e6})
-    rate0_bps = faulted_capacity(spec0, faults, base).rate_bps_at(0.0)
-    if rate0_bps <= 0:
-        rate0_bps = nominal_bps
-    loss = loss_model_for(spec, faults, rng)
-    delay0_s = spec.rtt_ms / 2000 + sum(f.delay_ms / 1000 for f in faults
-                                        if isinstance(f, DelayFault) and f.at_s <= 0.0 < f.end_s)
-    queue = spec.queue_bytes or default_queue_bytes(spec, base)
-    return LinkSchedule(ConstantCapacity(rate0_bps), delay0_s, queue, None if loss is None else _AtZero(loss))
+    model = PathModel.from_spec(spec, faults, Path(base_dir))
+    shape = model.shape_at(0.0)
+    loss = model.loss(rng)
+    return Bottleneck(ConstantCapacity(shape.rate_bps if shape.rate_bps > 0 else model.nominal_rate_bps),
+                      shape.one_way_s, shape.queue_bytes, None if loss is None else _AtZero(loss))
 
 
 # ============================================================================================ I/O
@@ -436,14 +303,14 @@ class TunLink:
     takes path 0). Each path has its own bottleneck, queue, loss and delay, as in the simulator.
     """
 
-    def __init__(self, fd_a: int, fd_b: int, down: LinkSchedule | Sequence[LinkSchedule],
+    def __init__(self, fd_a: int, fd_b: int, down: Bottleneck | Sequence[Bottleneck],
                  up: DelaySchedule | Sequence[DelaySchedule], *,
-                 pre_down: LinkSchedule | Sequence[LinkSchedule] | None = None) -> None:
+                 pre_down: Bottleneck | Sequence[Bottleneck] | None = None) -> None:
         self.fd_a, self.fd_b = fd_a, fd_b
-        self.downs: list[LinkSchedule] = [down] if isinstance(down, LinkSchedule) else list(down)
+        self.downs: list[Bottleneck] = [down] if isinstance(down, Bottleneck) else list(down)
         self.ups: list[DelaySchedule] = [up] if isinstance(up, DelaySchedule) else list(up)
-        self.pre_downs: list[LinkSchedule] | None = (
-            None if pre_down is None else [pre_down] if isinstance(pre_down, LinkSchedule) else list(pre_down))
+        self.pre_downs: list[Bottleneck] | None = (
+            None if pre_down is None else [pre_down] if isinstance(pre_down, Bottleneck) else list(pre_down))
         if len(self.ups) != len(self.downs) or (self.pre_downs is not None and len(self.pre_downs) != len(self.downs)):
             raise ValueError("one downlink, uplink (and pre-start downlink) per path")
         self.t0: float | None = None if self.pre_downs is not None else time.monotonic()

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import simpy
 
-from sim.link import (
+from sim.link import DelayLine, Link
+from sim.model.path import (
     BernoulliLoss,
     ConstantCapacity,
-    DelayLine,
     FaultedCapacity,
     GilbertElliottLoss,
-    Link,
     LossModel,
     NoLoss,
     RateWindow,

@@ -382,7 +382,7 @@ def test_every_written_byte_arrives_in_order_whatever_is_lost(cc, p, burst, writ
     p_.env.process(audit())
     # stop the loss after 10 s so that everything can get through
     p_.env.run(until=10.0)
-    p_.link._loss = None
+    p_.link.bottleneck.loss = None
     p_.env.run(until=400.0)
     total = sum(n for _, n in writes)
     values = [v for _, v in p_.delivered]

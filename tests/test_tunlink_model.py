@@ -1,6 +1,7 @@
-"""live.tunlink's link model is the simulator's: the same packets offered to ``LinkSchedule`` and to the
-SimPy ``sim.link.Link`` that ``sim.network.build_path`` builds arrive at the same instants (bit for bit)
-and are dropped the same way. No root needed."""
+"""live.tunlink's link model is the simulator's: the same packets offered to the downlink
+``live.tunlink.path_schedules`` builds (a ``sim.model.path.Bottleneck``) and to the SimPy ``sim.link.Link``
+that ``sim.network.build_path`` builds arrive at the same instants (bit for bit) and are dropped the same
+way. No root needed."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 import simpy
 
-from live.tunlink import DelaySchedule, LinkSchedule, path_schedules, prestart_schedule
+from live.tunlink import DelaySchedule, path_schedules, prestart_schedule
 from scenarios.schema import PathSpec, Scenario
-from sim.link import ConstantCapacity, call_at
+from sim.link import call_at
+from sim.model.path import Bottleneck, ConstantCapacity, PathModel
 from sim.network import build_path
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
@@ -78,7 +80,7 @@ def _sim_outcomes(spec: PathSpec, faults: list, packets: list[tuple[float, int]]
 
 
 def _schedule_outcomes(spec: PathSpec, faults: list, packets: list[tuple[float, int]]  # type: ignore[type-arg]
-                       ) -> tuple[list[object], LinkSchedule, DelaySchedule]:
+                       ) -> tuple[list[object], Bottleneck, DelaySchedule]:
     down, up = path_schedules(spec, faults, SCENARIO_DIR, np.random.default_rng(LOSS_SEED))
     out: list[object] = []
     for t, size in packets:
@@ -122,9 +124,7 @@ def test_link_schedule_matches_the_simulator_link(case: str) -> None:
     spec_d, faults_d = CASES[case]
     spec = PathSpec.model_validate(spec_d)
     faults = _faults(*faults_d)
-    from sim.network import nominal_rate_bps
-
-    packets = _packets(7, 3000, nominal_rate_bps(spec, SCENARIO_DIR))
+    packets = _packets(7, 3000, PathModel.from_spec(spec, faults, SCENARIO_DIR).nominal_rate_bps)
     want = _sim_outcomes(spec, faults, packets)
     got, down, up = _schedule_outcomes(spec, faults, packets)
     mismatches = [(i, w, g) for i, (w, g) in enumerate(zip(want, got, strict=True)) if w != g]
