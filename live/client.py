@@ -4,7 +4,7 @@
 (:func:`sim.model.workload.draw_requests`: arrivals, prompt and output lengths, path, reading pace,
 patience — common random numbers with a simulated run of the same scenario and seed), opens one
 streaming ``/v1/chat/completions`` request per arrival with aiohttp, and feeds every token's
-arrival to the simulator's own reader (:class:`sim.client.Reader`, run on the asyncio clock):
+arrival to the simulator's reader model (:class:`sim.model.reader.ReaderModel`, on the asyncio clock):
 token i is displayed no earlier than it arrives and ``1/reading_tps`` after token i-1, a due
 token that has not arrived is a stall, and after ``patience_s`` of continuous stall (or of
 waiting for the first token) the reader abandons — the client closes the connection then, as a
@@ -38,7 +38,7 @@ import aiohttp
 from live.recorder import ClientRecorder, boot_id, merge_live_run, write_run_json
 from live.sse import event_data, is_token_event, split_sse
 from scenarios.cli_errors import BadInput
-from sim.client import ABANDONED, CANCELLED, COMPLETED, READING, Reader
+from sim.model.reader import ABANDONED, CANCELLED, COMPLETED, READING, ReaderModel
 from sim.model.workload import Request, draw_requests
 
 __all__ = ["LoadError", "LoadResult", "StreamResult", "run_load"]
@@ -53,46 +53,51 @@ class LoadError(BadInput):
 
 
 # --------------------------------------------------------------------------- the reader on asyncio
-class _Timer:
-    """What Reader needs of a SimPy timeout: a ``callbacks`` list run when it fires."""
+class LiveReader(ReaderModel):
+    """The reader model on the asyncio clock: ``clock()`` is the time now, the patience deadline is an
+    event-loop timer (cancelled and set again when it moves), and ``on_end(reader)`` is called when the
+    reader completes or abandons."""
 
-    __slots__ = ("_handle", "callbacks")
+    __slots__ = ("_clock", "_loop", "_on_end", "_timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        self.callbacks: list[Callable[[Any], None]] = []
-        self._handle = loop.call_later(max(0.0, delay), self._fire)
-
-    def _fire(self) -> None:
-        for cb in self.callbacks:
-            cb(self)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-
-class LoopEnv:
-    """The slice of a SimPy environment sim.client.Reader uses (``now``, ``timeout``), on asyncio."""
-
-    def __init__(self, clock: Callable[[], float], loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float], arrival_s: float,
+                 n_tokens: int, reading_tps: float, patience_s: float, first_patience_s: float,
+                 on_end: Callable[[LiveReader], None]) -> None:
+        super().__init__(arrival_s, n_tokens, reading_tps, patience_s, first_patience_s)
+        self._loop = loop
         self._clock = clock
-        self.loop = loop or asyncio.get_running_loop()
-        self.timers: list[_Timer] = []
+        self._on_end = on_end
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm()
 
-    @property
-    def now(self) -> float:
-        return self._clock()
+    def on_tokens(self, count: int) -> None:
+        """The first ``count`` tokens of the response have arrived."""
+        if not self.receive(count, self._clock()):
+            return
+        if self.state == COMPLETED:
+            self.stop_timer()
+            self._on_end(self)
+        else:
+            self._arm()
 
-    def timeout(self, delay: float) -> _Timer:
-        t = _Timer(self.loop, delay)
-        self.timers.append(t)
-        if len(self.timers) > 64:
-            self.timers = [x for x in self.timers if not x._handle.cancelled()][-64:]
-        return t
+    def stop_timer(self) -> None:
+        """No more deadline: the reader has ended, or the load is over."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def cancel_all(self) -> None:
-        for t in self.timers:
-            t.cancel()
-        self.timers.clear()
+    def _arm(self) -> None:
+        self.stop_timer()
+        self._timer = self._loop.call_later(max(0.0, self.deadline_s - self._clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state != READING:
+            return
+        if self.expire(self._clock()):
+            self._on_end(self)
+        else:
+            self._arm()  # woken a hair early: wait for the rest
 
 
 # --------------------------------------------------------------------------- results
@@ -240,7 +245,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
         def now() -> float:
             return time.monotonic() + offset
 
-        env = LoopEnv(now, loop)
+        readers: list[LiveReader] = []
         rec: ClientRecorder | None = None
         if out_dir is not None:
             out_dir = Path(out_dir)
@@ -262,7 +267,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
             holder: dict[str, Any] = {"resp": None, "abandoned": False}
             me = asyncio.current_task()
 
-            def on_end(reader: Reader) -> None:
+            def on_end(reader: LiveReader) -> None:
                 if reader.state == ABANDONED:
                     holder["abandoned"] = True
                     resp = holder["resp"]
@@ -271,8 +276,9 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
                     if me is not None and me is not asyncio.current_task():
                         me.cancel()
 
-            reader = Reader(env, arrival, req.output_tokens, req.reading_tps, req.patience_s,  # type: ignore[arg-type]
-                            req.first_token_patience_s, on_end)
+            reader = LiveReader(loop, now, arrival, req.output_tokens, req.reading_tps, req.patience_s,
+                                req.first_token_patience_s, on_end)
+            readers.append(reader)
             body: dict[str, Any] = {
                 "model": model_name,
                 "stream": True,
@@ -322,7 +328,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
             finally:
                 if reader.state == READING:
                     if done and reader.received > 0:
-                        _finish_short(reader)  # the server ended the stream early (upstream stop)
+                        reader.finish_short()  # the server ended the stream early (upstream stop)
                     else:
                         reader.cut(now())
                 results.append(_record(rec, req, sid, reader, arrival, ttft_e, error))
@@ -337,7 +343,8 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
         finally:
-            env.cancel_all()
+            for r in readers:
+                r.stop_timer()
             for t in tasks:
                 if not t.done():
                     t.cancel()
@@ -349,17 +356,7 @@ async def run_load(url: str, streams: int | None = None, scenario: Any = None, o
                       wall_s=time.monotonic() - wall0, streams=results)
 
 
-def _finish_short(reader: Reader) -> None:
-    """The stream ended ([DONE]) with fewer tokens than asked: it is complete at that length."""
-    n = reader.received
-    reader.n_tokens = n
-    reader.t_received = reader.t_received[:n]
-    reader.t_displayed = reader.t_displayed[:n]
-    reader.state = COMPLETED
-    reader.end_s = reader.t_displayed[-1]
-
-
-def _record(rec: ClientRecorder | None, req: Request, sid: str, reader: Reader, arrival: float, ttft_e: float,
+def _record(rec: ClientRecorder | None, req: Request, sid: str, reader: ReaderModel, arrival: float, ttft_e: float,
             error: str | None) -> StreamResult:
     n = reader.received
     t_recv = list(reader.t_received[:n])

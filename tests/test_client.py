@@ -1,11 +1,12 @@
-"""The reader: display schedule, stalls that shift it, abandonment after patience."""
+"""The reader on SimPy's clock (sim.client): display schedule, stalls that shift it, abandonment after patience."""
 
 from __future__ import annotations
 
 import pytest
 import simpy
 
-from sim.client import ABANDONED, COMPLETED, Reader
+from sim.client import Reader
+from sim.model.reader import ABANDONED, COMPLETED
 
 
 def feed(arrivals: list[tuple[float, int]], n: int, tps: float = 10.0, patience: float = 2.0, first: float = 5.0,
@@ -17,7 +18,7 @@ def feed(arrivals: list[tuple[float, int]], n: int, tps: float = 10.0, patience:
     def proc():
         for t, count in arrivals:
             yield env.timeout(t - env.now)
-            r.on_tokens(count)
+            r.on_bytes(count)  # one byte per token
 
     env.process(proc())
     env.run(until=until)

@@ -13,13 +13,13 @@ import pytest
 
 from analysis.metrics import summarize_run
 from analysis.results import load_run, read_csv
-from live.client import LoopEnv, run_load
+from live.client import LiveReader, run_load
 from live.pacing import PacingLoop
 from live.recorder import merge_live_run
 from live.server import LiveConfig, running_server
 from live.source import FakeTelemetry, SocketStats
 from scenarios import Scenario
-from sim.client import ABANDONED, COMPLETED, Reader
+from sim.model.reader import ABANDONED, COMPLETED
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,18 +59,21 @@ class AckEverything(FakeTelemetry):
 
 
 def test_reader_on_asyncio_follows_the_simulators_rules() -> None:
-    """sim.client.Reader on the asyncio clock: display no earlier than arrival and 1/r after the previous."""
-    async def main() -> tuple[Reader, Reader]:
+    """The reader model on the asyncio clock: display no earlier than arrival and 1/r after the previous."""
+    async def main() -> tuple[LiveReader, LiveReader]:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        env = LoopEnv(lambda: loop.time() - t0, loop)
-        ends: list[Reader] = []
-        reader = Reader(env, 0.0, 4, 10.0, 2.0, 1.0, ends.append)  # type: ignore[arg-type]
+
+        def now() -> float:
+            return loop.time() - t0
+
+        ends: list[LiveReader] = []
+        reader = LiveReader(loop, now, 0.0, 4, 10.0, 2.0, 1.0, ends.append)
         for _k, at in enumerate((0.05, 0.10, 0.40)):  # third arrives late: a stall of ~0.15 s
-            await asyncio.sleep(max(0.0, at - env.now))
+            await asyncio.sleep(max(0.0, at - now()))
             reader.on_tokens(reader.received + 1)
         await asyncio.sleep(0.35)
-        quitter = Reader(env, env.now, 3, 10.0, 0.2, 0.2, ends.append)  # type: ignore[arg-type]
+        quitter = LiveReader(loop, now, now(), 3, 10.0, 0.2, 0.2, ends.append)
         await asyncio.sleep(0.3)  # nothing arrives: it leaves after its first-token patience
         reader.on_tokens(4)
         return reader, quitter

@@ -1,5 +1,5 @@
 """`python -m live lab` runs schedulers too: entries ``CONTROLLER@SCHEDULER``, ``--schedulers`` and
-``--scheduler``, resolved as the simulator resolves them (scenarios.loader, sim.runner.Plan).
+``--scheduler``, resolved as the simulator resolves them (scenarios.loader, sim.model.entries.Plan).
 
 The command-line checks need no root. The real run (root, namespaces, TUN, eBPF) plays
 tests/scenarios/lab-entries-kv.yaml: KV memory of 300 tokens holds two streams of 100 prompt + 40
