@@ -3,12 +3,13 @@
 Every ``control_interval_s`` the loop polls the telemetry source once (one ``poll()`` for all
 streams), folds each socket's sample into its connection (matched by SO_COOKIE, taken from the
 transport's socket when the connection is first seen), and for every stream that is still
-generating builds the same :class:`controllers.Observation` the simulator builds
-(``sim/stream.py``), asks the stream's own controller for a rate and applies it as pacing credit
-(:meth:`sim.model.serving.PacingCredit.set_rate`: the built-in engine's sequences are one, and the
-upstream proxy releases through one). The Observation and the controller's Decision also go to the
-stream's ``observer`` when it has one: the built-in engine's scheduler, when it uses them (as the
-simulator hands them to its node).
+generating reads its transport into a :class:`sim.model.control.TransportSnapshot` and runs the
+stream's control step (:class:`sim.model.control.StreamControl`, the one the simulator's streams run:
+it builds the :class:`controllers.Observation`), which asks the stream's own controller for a rate
+and applies it as pacing credit (:meth:`sim.model.serving.PacingCredit.set_rate`: the built-in
+engine's sequences are one, and the upstream proxy releases through one). The Observation and the
+controller's Decision also go to the stream's ``observer`` when it has one: the built-in engine's
+scheduler, when it uses them (as the simulator hands them to its node).
 
 Byte accounting is exact: every connection's transport is wrapped so the bytes handed to it are
 counted (HTTP headers and chunked framing included), and each token's SSE event ends at a known
@@ -17,8 +18,8 @@ every tick (:meth:`ConnState.sync_kernel`): ``ioctl(SIOCOUTQ)`` is write_seq - s
 the kernel not yet acked, and ``SIOCOUTQNSD`` the part of them not yet sent, so acked = bytes the
 kernel took - SIOCOUTQ and in flight = SIOCOUTQ - SIOCOUTQNSD, both as of now. That gives
 ``acked_tokens`` (tokens whose last byte the client acked), ``queued_bytes`` (generated or written by
-the app, not yet acked) and ``t_acked`` per token, as the simulator has them. ``client_buffer_est``
-comes from :class:`controllers.ReaderEstimate`, as in the simulator.
+the app, not yet acked) and ``t_acked`` per token, as the simulator has them. RTT min and p95 and
+retransmits come from the telemetry's interval stats.
 
 Why not the telemetry's snd_una: ``tcp:tcp_probe`` fires at the top of ``tcp_rcv_established``,
 before the incoming ACK is processed, so the snd_una it reports lags by one ACK -- and when a paced
@@ -40,13 +41,14 @@ import struct
 import termios
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from controllers import Controller, Decision, Observation, ReaderEstimate
+from controllers import Controller, Decision, Observation
 from controllers.ewma import Ewma
 from live.source import SocketStats, TelemetrySource, socket_cookie
+from sim.model.control import RateTarget, StreamControl, TransportSnapshot
 
 __all__ = [
     "ConnState",
@@ -54,11 +56,8 @@ __all__ = [
     "NullTelemetry",
     "PacedStream",
     "PacingLoop",
-    "RateTarget",
-    "apply_backpressure",
     "link_health",
     "track_connection",
-    "write_token",
 ]
 
 log = logging.getLogger("tokenpace.live")
@@ -68,18 +67,6 @@ _HEALTH = Ewma()  # seed 001's link-quality coefficient, default thresholds: the
 def link_health(rtt_ms: float | None, retrans: int) -> float:
     """Seed 001's link quality in [0, 1] from p95 RTT and retransmits (1 = healthy)."""
     return _HEALTH.quality(rtt_ms, retrans)
-
-
-async def write_token(resp: Any, writer: Any, payload: bytes) -> None:
-    """Write one SSE event and wait until the kernel took it (TCP backpressure)."""
-    await resp.write(payload)
-    await writer.drain()
-
-
-def apply_backpressure(transport: Any) -> None:
-    """Pause the protocol whenever anything is left in user space, so drain() waits for the kernel."""
-    with contextlib.suppress(AttributeError, RuntimeError, ValueError):
-        transport.set_write_buffer_limits(high=0, low=0)
 
 
 class NullTelemetry:
@@ -226,14 +213,8 @@ def track_connection(transport: Any, tcp_congestion: str | None = None) -> ConnS
 
 
 # --------------------------------------------------------------------------- streams
-class RateTarget(Protocol):
-    """What a decided rate is applied to: the engine's Sequence or the proxy's PacingCredit."""
-
-    def set_rate(self, now: float, rate_tps: float | None) -> None: ...
-
-
 class PacedStream:
-    """One streamed response: its bytes, tokens, controller and reader estimate."""
+    """One streamed response: its bytes, tokens and control step (controller, reader estimate)."""
 
     def __init__(self, stream_id: str, conn: ConnState | None, controller: Controller | None, *,
                  reading_tps: float, arrival_s: float, prompt_tokens: int, output_tokens: int,
@@ -241,19 +222,20 @@ class PacedStream:
         self.stream_id = stream_id
         self.conn = conn
         self.base = conn.written if conn is not None else 0  # connection offset of this response's first byte
-        self.controller = controller
+        # the control step (None: no controller, or let go once recorded)
+        self.ctl = StreamControl(stream_id, reading_tps, controller) if controller is not None else None
         self.reading_tps = reading_tps
-        self.estimate = ReaderEstimate(reading_tps)
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
         self.path = path
         self.kind = kind
-        self.target: RateTarget | None = None
+        self.target: RateTarget | None = None  # the engine's Sequence or the proxy's PacingCredit
         self.wake: Callable[[], None] | None = None
         # (stream_id, obs, decision) each control interval: the engine's scheduler, if it uses them
         self.observer: Callable[[str, Observation, Decision], None] | None = None
-        self.rate_tps: float | None = None
+        self.rate_tps: float | None = None  # the rate applied (kept for /hint once the control step is let go)
+        self.retrans_segs = 0  # the retransmits the telemetry reported on the socket while this stream was controlled
         self.t_generated: list[float] = []
         self.t_sent: list[float] = []
         self.t_acked: list[float] = []
@@ -329,34 +311,43 @@ class PacedStream:
             self.outcome = outcome
 
     # ------------------------------------------------------------------ control
-    def observe(self, now: float, st: SocketStats | None) -> Observation:
+    def snapshot(self, now: float, st: SocketStats | None) -> TransportSnapshot:
+        """This stream's transport now: the connection's TCP state (telemetry, socket), the interval's RTT
+        and retransmits (``st``, the socket's stats this interval; None: none), and this response's
+        bytes (generated ones not yet written included) and tokens, acked ones counted as of now."""
         conn = self.conn
         acked_tokens = self.update_acks(now)
+        if st is not None:
+            self.retrans_segs += max(0, st.retrans)
         srtt = conn.srtt_us if conn is not None else None
-        queued = max(0, self.written_bytes + self.pending_bytes - self.acked_bytes)
-        return Observation(
-            t_s=now,
-            stream_id=self.stream_id,
+        return TransportSnapshot(
             srtt_ms=None if srtt is None else srtt / 1000.0,
+            rtt_samples_s=(),
             rtt_min_ms=None if st is None or st.rtt_min_us is None else st.rtt_min_us / 1000.0,
             rtt_p95_ms=None if st is None or st.rtt_p95_us is None else st.rtt_p95_us / 1000.0,
-            retrans=max(0, st.retrans) if st is not None else 0,
+            retrans_segs=self.retrans_segs,
             cwnd_pkts=conn.cwnd_pkts if conn is not None else None,
-            inflight_bytes=min(conn.inflight_bytes, queued) if conn is not None else 0,
-            queued_bytes=queued,
+            inflight_bytes=conn.inflight_bytes if conn is not None else 0,
+            written_bytes=self.written_bytes + self.pending_bytes,
+            acked_bytes=self.acked_bytes,
             acked_tokens=acked_tokens,
             generated_tokens=self.generated,
-            reading_tps=self.reading_tps,
-            client_buffer_est=self.estimate.update(now, acked_tokens),
         )
 
-    def apply(self, now: float, rate_tps: float | None) -> None:
-        if rate_tps != self.rate_tps:
-            self.rate_tps = rate_tps
-            if self.target is not None:
-                self.target.set_rate(now, rate_tps)
-            if self.wake is not None:
-                self.wake()
+    def control(self, now: float, st: SocketStats | None) -> Observation:
+        """One control interval (sim.model.control): observe, decide, show the observer, apply."""
+        assert self.ctl is not None
+        obs = self.ctl.step(now, self.snapshot(now, st), self, self.observer)
+        self.last_obs = obs
+        return obs
+
+    def set_rate(self, now: float, rate_tps: float | None) -> None:
+        """The control step decided a new rate: to the pacing credit, and wake whoever releases tokens."""
+        self.rate_tps = rate_tps
+        if self.target is not None:
+            self.target.set_rate(now, rate_tps)
+        if self.wake is not None:
+            self.wake()
 
     def hint(self) -> dict[str, Any]:
         """The seeds' /hint shape for this stream, plus what the controller saw."""
@@ -525,17 +516,12 @@ class PacingLoop:
         m = self.metrics
         for s in list(self.streams.values()):
             st = stats.get(s.conn.cookie) if s.conn is not None and s.conn.cookie is not None else None
-            if s.generating and s.controller is not None:
-                obs = s.observe(now, st)
-                decision = s.controller.decide(obs)
-                if s.observer is not None:
-                    s.observer(s.stream_id, obs, decision)  # for the scheduler
-                rate = decision.rate_tps
-                s.last_obs = obs
+            if s.generating and s.ctl is not None:
+                obs = s.control(now, st)
+                rate = s.rate_tps
                 observations.append(obs)
                 if self.recorder is not None:
                     self.recorder.telemetry(obs, rate)
-                s.apply(now, rate)
                 queued += obs.queued_bytes
                 if rate is not None:
                     rates.append(rate)
@@ -569,7 +555,7 @@ class PacingLoop:
                 self.recorder.server_stream(s)
         # kept for /hint only: let go of what a retired stream no longer uses (its controller's state;
         # a closed connection's transport, which holds the handler and its buffers)
-        s.controller = None
+        s.ctl = None
         if s.conn is not None and s.conn.closed:
             s.conn.transport = None
             s.conn.fd = None

@@ -25,7 +25,8 @@ real time, scheduled by ``server.scheduler``) or, with ``upstream``, from an Ope
 each control interval's Observation and Decision also reach the scheduler (when it uses them), and
 each sequence carries its request's reader hint (``reading_tps``, the configured ``ttft_expected_s``).
 Writes apply TCP backpressure: the transport's write buffer high-water mark is 0 and every token is
-drained into the kernel before the next is written.
+drained into the kernel before the next is written (:func:`live.pump.pump`, the one write loop of
+both backends).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import controllers
 from live.engine import LiveEngine, LiveSequence, TextGenerator
-from live.pacing import (
-    LiveMetrics,
-    NullTelemetry,
-    PacedStream,
-    PacingLoop,
-    apply_backpressure,
-    write_token,
-)
+from live.pacing import LiveMetrics, NullTelemetry, PacedStream, PacingLoop
+from live.pump import pump
 from live.recorder import LiveRecorder, boot_id, write_run_json
 from live.source import TelemetrySource
 from live.sse import chunked_wire_size, pad_event
@@ -540,69 +535,14 @@ class LiveServer:
     async def stream_engine(self, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
         engine = self.engine
         assert engine is not None
-        transport = request.transport
         ps = self.new_stream(request, req, "engine")
-        enc = ChunkEncoder(req.chat, req.model, self.config.bytes_per_token)
-        words = TextGenerator(self.config.seed, ps.stream_id)
-        finish = "length" if req.output_tokens >= req.max_tokens else "stop"
-        n_out = req.output_tokens
-        pending: deque[bytes] = deque()
-        ready = asyncio.Event()
-        metrics = self.metrics
-
-        def on_token(t_s: float, idx: int) -> None:
-            payload = enc.token(words.next(), idx, finish if idx + 1 >= n_out else None)
-            pending.append(payload)
-            ps.on_generated(t_s, chunked_wire_size(len(payload)))
-            metrics.tokens_generated.inc()
-            ready.set()
-
-        def alive() -> bool:
-            return transport is not None and not transport.is_closing()
-
-        seq = engine.new_sequence(ps.stream_id, req.prompt_tokens, n_out, on_token, alive,
-                                  reading_tps=req.reading_tps, ttft_expected_s=self.config.ttft_expected_s)
-        ps.target = seq
+        source = _EngineTokens(self, request, req, ps)
+        ps.target = source.seq
         ps.wake = engine.wake
         if engine.uses_observations:
             ps.observer = engine.observe
         resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-tokenpace-stream-id": ps.stream_id})
-        self.pacing.register(ps)
-        outcome = "cancelled"
-        try:
-            await resp.prepare(request)
-            apply_backpressure(transport)
-            engine.submit(seq)
-            writer = request.writer
-            sent = 0
-            while sent < n_out:
-                if not pending:
-                    if seq.cancel_requested or seq.state == "cancelled" or not alive() or not self.engine_alive:
-                        break
-                    ready.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ready.wait(), self.config.control_interval_s)
-                    continue
-                payload = pending.popleft()
-                await write_token(resp, writer, payload)
-                ps.on_sent(self.clock(), chunked_wire_size(len(payload)))
-                metrics.tokens_sent.inc()
-                sent += 1
-            if sent >= n_out:
-                if req.include_usage:
-                    await resp.write(enc.usage(req.prompt_tokens, sent))
-                await resp.write(DONE)
-                outcome = "completed"  # every token and [DONE] are out: a client that closes now has it all
-                await resp.write_eof()
-        except DISCONNECTS:
-            pass
-        finally:
-            if outcome != "completed":
-                now = self.clock()
-                ps.detach(now)
-                seq.mark_detached(now)
-                engine.cancel(seq)
-            self.pacing.end(ps, outcome)
+        await pump(self.pacing, ps, request, resp, source)
         return resp
 
     async def complete_engine(self, request: web.Request, req: CompletionRequest) -> web.Response:
@@ -701,6 +641,70 @@ class LiveServer:
                 return web.json_response(await self.upstream.models())
         return web.json_response({"object": "list", "data": [
             {"id": self.config.model, "object": "model", "created": int(time.time()), "owned_by": "tokenpace"}]})
+
+
+class _EngineTokens:
+    """A streamed response's tokens from the built-in engine (a :class:`live.pump.TokenSource`): its
+    sequence, submitted once the headers are out; each token's SSE event as it is decoded."""
+
+    def __init__(self, server: LiveServer, request: web.Request, req: CompletionRequest, ps: PacedStream) -> None:
+        engine = server.engine
+        assert engine is not None
+        self.server = server
+        self.engine = engine
+        self.req = req
+        transport = request.transport
+        enc = ChunkEncoder(req.chat, req.model, server.config.bytes_per_token)
+        self.enc = enc
+        words = TextGenerator(server.config.seed, ps.stream_id)
+        finish = "length" if req.output_tokens >= req.max_tokens else "stop"
+        n_out = req.output_tokens
+        self.pending: deque[bytes] = deque()
+        self.ready = asyncio.Event()
+        self.sent = 0
+        metrics = server.metrics
+
+        def on_token(t_s: float, idx: int) -> None:
+            payload = enc.token(words.next(), idx, finish if idx + 1 >= n_out else None)
+            self.pending.append(payload)
+            ps.on_generated(t_s, chunked_wire_size(len(payload)))
+            metrics.tokens_generated.inc()
+            self.ready.set()
+
+        def alive() -> bool:
+            return transport is not None and not transport.is_closing()
+
+        self.alive = alive
+        self.seq = engine.new_sequence(ps.stream_id, req.prompt_tokens, n_out, on_token, alive,
+                                       reading_tps=req.reading_tps, ttft_expected_s=server.config.ttft_expected_s)
+
+    async def events(self) -> AsyncGenerator[tuple[bytes, bool], None]:
+        seq, pending, ready = self.seq, self.pending, self.ready
+        self.engine.submit(seq)
+        n_out = self.req.output_tokens
+        interval = self.server.config.control_interval_s
+        while self.sent < n_out:
+            if not pending:
+                if seq.cancel_requested or seq.state == "cancelled" or not self.alive() or not self.server.engine_alive:
+                    return
+                ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), interval)
+                continue
+            yield pending.popleft(), True
+            self.sent += 1
+
+    def trailer(self) -> list[bytes] | None:
+        if self.sent < self.req.output_tokens:
+            return None
+        req = self.req
+        usage = [self.enc.usage(req.prompt_tokens, self.sent)] if req.include_usage else []
+        return [*usage, DONE]
+
+    async def close(self, given_up_s: float | None) -> None:
+        if given_up_s is not None:
+            self.seq.mark_detached(given_up_s)
+            self.engine.cancel(self.seq)
 
 
 class _DepartureCollector:

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from controllers.base import Observation
 from live.source import SocketStats
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "bpf_run_stats",
     "import_bcc",
     "main",
-    "observation_from_stats",
     "tracepoint_has_field",
 ]
 
@@ -444,51 +442,6 @@ def bpf_run_stats() -> Iterator[bool]:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-# --------------------------------------------------------------------------- to the controllers
-def observation_from_stats(
-    stats: SocketStats | None,
-    t_s: float,
-    stream_id: str,
-    *,
-    queued_bytes: int | None = None,
-    acked_tokens: int = 0,
-    generated_tokens: int = 0,
-    reading_tps: float = 0.0,
-    client_buffer_est: float = 0.0,
-) -> Observation:
-    """An :class:`Observation` of one stream from its socket's interval stats (None = no telemetry yet).
-
-    The transport fields come from the probe (us -> ms); what only the server knows — tokens,
-    the reader's pace, the app-level backlog — is passed in. ``queued_bytes`` defaults to the bytes
-    in flight (a lower bound of what the app wrote and the client has not acked).
-    """
-    if stats is None:
-        return Observation(t_s=t_s, stream_id=stream_id, srtt_ms=None, rtt_min_ms=None, rtt_p95_ms=None,
-                           retrans=0, cwnd_pkts=None, inflight_bytes=0,
-                           queued_bytes=queued_bytes if queued_bytes is not None else 0,
-                           acked_tokens=acked_tokens, generated_tokens=generated_tokens,
-                           reading_tps=reading_tps, client_buffer_est=client_buffer_est)
-
-    def ms(us: int | None) -> float | None:
-        return None if us is None else us / 1000.0
-
-    return Observation(
-        t_s=t_s,
-        stream_id=stream_id,
-        srtt_ms=ms(stats.srtt_us),
-        rtt_min_ms=ms(stats.rtt_min_us),
-        rtt_p95_ms=ms(stats.rtt_p95_us),
-        retrans=stats.retrans,
-        cwnd_pkts=stats.cwnd_pkts,
-        inflight_bytes=stats.inflight_bytes,
-        queued_bytes=queued_bytes if queued_bytes is not None else stats.inflight_bytes,
-        acked_tokens=acked_tokens,
-        generated_tokens=generated_tokens,
-        reading_tps=reading_tps,
-        client_buffer_est=client_buffer_est,
-    )
 
 
 # --------------------------------------------------------------------------- a small CLI

@@ -8,7 +8,7 @@ its public methods: ``eligible``, ``ready_at``, ``spend``; a token may go when t
 the credit accrues at the rate, capped at two tokens), so a live proxied stream is paced exactly like
 a simulated one. An event carrying text (``delta.content`` or ``text``) is a token; other events
 (role only, usage, finish) are forwarded in order without spending credit. Events are forwarded
-byte for byte.
+byte for byte, by the write loop the built-in engine's streams use too (:func:`live.pump.pump`).
 
 When the client leaves, the upstream request is cancelled: its response is closed, which closes
 the connection to the upstream (vLLM and Ollama abort a request whose client went away).
@@ -21,17 +21,19 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from live.pacing import apply_backpressure, write_token
+from live.pump import pump
 from live.sse import chunked_wire_size, event_data, is_token_event, split_sse
 from sim.model.serving import PacingCredit
 
 if TYPE_CHECKING:
+    from live.pacing import PacedStream
     from live.server import CompletionRequest, LiveServer
 
 __all__ = ["UpstreamProxy", "is_token_event", "split_sse"]
@@ -107,22 +109,9 @@ class UpstreamProxy:
     async def _stream(self, server: LiveServer, request: web.Request, req: CompletionRequest,
                       url: str) -> web.StreamResponse:
         assert self.session is not None
-        clock = server.clock
-        transport = request.transport
         ps = server.new_stream(request, req, "upstream")
-        credit = PacingCredit(clock())
+        credit = PacingCredit(server.clock())
         ps.target = credit
-        events: deque[tuple[bytes, bool]] = deque()
-        state = {"done": False, "held": 0}
-        wake = asyncio.Event()
-        room = asyncio.Event()
-        room.set()
-        ps.wake = wake.set
-        metrics = server.metrics
-
-        def alive() -> bool:
-            return transport is not None and not transport.is_closing()
-
         up = await self.session.post(url, json=self._body(req, True), headers=self._headers())
         if up.status != 200:
             try:
@@ -131,91 +120,115 @@ class UpstreamProxy:
                 up.release()
             headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS}
             return web.Response(status=up.status, body=payload, headers=headers)
-
-        async def read_upstream() -> None:
-            buf = bytearray()
-            try:
-                async for chunk in up.content.iter_any():
-                    buf += chunk
-                    for ev in split_sse(buf):
-                        data = event_data(ev)
-                        if data is None:
-                            continue  # comments, keep-alives
-                        kind = is_token_event(data)
-                        if kind is None:
-                            state["done"] = True
-                            events.append((ev, False))
-                            wake.set()
-                            return
-                        if kind:
-                            ps.on_generated(clock(), chunked_wire_size(len(ev)))
-                            metrics.tokens_generated.inc()
-                            state["held"] += 1
-                        events.append((ev, kind))
-                        wake.set()
-                    while state["held"] >= self.buffer_tokens:
-                        room.clear()
-                        await room.wait()  # stop reading: TCP pushes back on the upstream
-            finally:
-                state["done"] = True
-                ps.done_generating = True
-                wake.set()
-
+        source = _UpstreamTokens(self, server, request, ps, credit, up)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                        "x-tokenpace-stream-id": ps.stream_id})
-        server.pacing.register(ps)
-        reader = asyncio.get_running_loop().create_task(read_upstream(), name=f"upstream-{ps.stream_id}")
-        outcome = "cancelled"
-        interval = server.config.control_interval_s
+        await pump(server.pacing, ps, request, resp, source)
+        return resp
+
+
+class _UpstreamTokens:
+    """A streamed response's events from the upstream (a :class:`live.pump.TokenSource`): read as fast as
+    the upstream sends them (up to ``buffer_tokens`` held), released at the pacing credit's rate."""
+
+    def __init__(self, proxy: UpstreamProxy, server: LiveServer, request: web.Request, ps: PacedStream,
+                 credit: PacingCredit, up: aiohttp.ClientResponse) -> None:
+        self.proxy = proxy
+        self.clock = server.clock
+        self.interval_s = server.config.control_interval_s
+        self.transport = request.transport
+        self.ps = ps
+        self.credit = credit
+        self.up = up
+        self.events_in: deque[tuple[bytes, bool]] = deque()
+        self.done = False  # the upstream's stream ended (or failed)
+        self.complete = False  # ... and every event of it went out
+        self.held = 0  # tokens read, not yet released
+        self.wake = asyncio.Event()  # an event arrived, or the rate changed
+        ps.wake = self.wake.set
+        self.room = asyncio.Event()
+        self.room.set()
+        self.metrics = server.metrics
+        # started now, runs from the pump's first wait (after the stream is registered)
+        self.reader = asyncio.get_running_loop().create_task(self.read_upstream(), name=f"upstream-{ps.stream_id}")
+
+    def alive(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def read_upstream(self) -> None:
+        ps, events, wake, room = self.ps, self.events_in, self.wake, self.room
+        buffer_tokens = self.proxy.buffer_tokens
+        buf = bytearray()
         try:
-            await resp.prepare(request)
-            apply_backpressure(transport)
-            writer = request.writer
-            while True:
-                if not alive():
-                    break
-                if not events:
-                    if state["done"] and reader.done():
-                        break
+            async for chunk in self.up.content.iter_any():
+                buf += chunk
+                for ev in split_sse(buf):
+                    data = event_data(ev)
+                    if data is None:
+                        continue  # comments, keep-alives
+                    kind = is_token_event(data)
+                    if kind is None:
+                        self.done = True
+                        events.append((ev, False))
+                        wake.set()
+                        return
+                    if kind:
+                        ps.on_generated(self.clock(), chunked_wire_size(len(ev)))
+                        self.metrics.tokens_generated.inc()
+                        self.held += 1
+                    events.append((ev, kind))
+                    wake.set()
+                while self.held >= buffer_tokens:
+                    room.clear()
+                    await room.wait()  # stop reading: TCP pushes back on the upstream
+        finally:
+            self.done = True
+            ps.done_generating = True
+            wake.set()
+
+    async def events(self) -> AsyncGenerator[tuple[bytes, bool], None]:
+        events, wake, credit, clock = self.events_in, self.wake, self.credit, self.clock
+        interval = self.interval_s
+        while True:
+            if not self.alive():
+                return
+            if not events:
+                if self.done and self.reader.done():
+                    self.complete = True
+                    return
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+                continue
+            ev, token = events[0]
+            if token:
+                now = clock()
+                if not credit.eligible(now):
+                    wait = min(credit.ready_at(now) - now, interval)
                     wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), interval)
+                        await asyncio.wait_for(wake.wait(), max(wait, 1e-4))
                     continue
-                ev, token = events[0]
-                if token:
-                    now = clock()
-                    if not credit.eligible(now):
-                        wait = min(credit.ready_at(now) - now, interval)
-                        wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wake.wait(), max(wait, 1e-4))
-                        continue
-                    credit.spend(now)  # the release spends credit exactly as a decode step does
-                events.popleft()
-                await write_token(resp, writer, ev)
-                if token:
-                    ps.on_sent(clock(), chunked_wire_size(len(ev)))
-                    metrics.tokens_sent.inc()
-                    state["held"] -= 1
-                    if state["held"] < self.buffer_tokens:
-                        room.set()
-            if alive():
-                await resp.write_eof()
-                outcome = "completed"
-        except (ConnectionResetError, ConnectionError):
-            pass
-        finally:
-            if outcome != "completed":
-                ps.detach(clock())
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if outcome == "completed" and state["done"]:
-                up.release()
-            else:
-                if not up.closed:
-                    self.cancelled_upstream += 1
-                up.close()  # closes the upstream connection: the upstream aborts the request
-            ps.done_generating = True
-            server.pacing.end(ps, outcome)
-        return resp
+                credit.spend(now)  # the release spends credit exactly as a decode step does
+            events.popleft()
+            yield ev, token
+            if token:
+                self.held -= 1
+                if self.held < self.proxy.buffer_tokens:
+                    self.room.set()
+
+    def trailer(self) -> list[bytes] | None:
+        return [] if self.complete else None  # the upstream's own end ([DONE]) went out as an event
+
+    async def close(self, given_up_s: float | None) -> None:
+        reader, up = self.reader, self.up
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        if given_up_s is None and self.done:
+            up.release()
+        else:
+            if not up.closed:
+                self.proxy.cancelled_upstream += 1
+            up.close()  # closes the upstream connection: the upstream aborts the request
+        self.ps.done_generating = True

@@ -7,15 +7,15 @@ in-order byte stream reaches its end, *acked* when the sender's snd_una passes i
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
 from collections.abc import Callable
 
 import numpy as np
 
-from controllers import Controller, Observation, ReaderEstimate
-from sim.client import ABANDONED, Reader
+from controllers import Controller, Observation
+from sim.client import Reader
+from sim.model.control import StreamControl, TransportSnapshot
+from sim.model.reader import ABANDONED
 from sim.model.serving import Sequence
 from sim.model.workload import Request
 from sim.network import PathRuntime
@@ -26,15 +26,12 @@ from sim.tcp import TcpConnection
 class SimStream:
     __slots__ = (
         "_env",
-        "_last_retrans",
         "bpt",
         "conn",
-        "controller",
+        "ctl",
         "ended",
-        "estimate",
         "node",
         "path",
-        "rate_tps",
         "reader",
         "req",
         "seq",
@@ -49,12 +46,9 @@ class SimStream:
         self.bpt = bytes_per_token
         self.node = node
         self.path = path
-        self.controller = controller
-        self.estimate = ReaderEstimate(req.reading_tps)
+        self.ctl = StreamControl(req.stream_id, req.reading_tps, controller)  # its controller and rate in force
         n = req.output_tokens
         self.t_generated: list[float] = [math.nan] * n
-        self._last_retrans = 0
-        self.rate_tps: float | None = None
         self.ended = False
 
         def end(reader: Reader) -> None:
@@ -107,86 +101,32 @@ class SimStream:
         """Still making tokens: the controller has something to decide."""
         return not self.ended and self.seq.generated < self.seq.output_tokens
 
-    def observe(self, t_s: float) -> Observation:
+    def snapshot(self) -> TransportSnapshot:
+        """The TCP model's state now, with the RTT samples taken since the last snapshot."""
         c = self.conn
-        samples = c.drain_rtt_samples()
-        retrans = c.retrans_segs - self._last_retrans
-        self._last_retrans = c.retrans_segs
-        acked_tokens = min(c.snd_una // self.bpt, self.req.output_tokens)
         snd_una = c.snd_una
-        return _observation(  # the fields in _OBSERVATION_FIELDS order
-            t_s,
-            self.req.stream_id,
+        return TransportSnapshot(  # in field order (once per stream per interval: no keywords)
             None if c.srtt_s is None else c.srtt_s * 1000,
-            min(samples) * 1000 if samples else None,
-            _p95(samples) * 1000 if samples else None,
-            retrans,
+            c.drain_rtt_samples(),
+            None,  # rtt_min_ms, rtt_p95_ms: computed from the samples
+            None,
+            c.retrans_segs,
             int(c.cwnd_pkts),
-            c.snd_max - snd_una,  # inflight_bytes: snd_nxt = snd_max (see TcpConnection.snd_nxt)
-            c.written_bytes - snd_una,
-            acked_tokens,
+            c.snd_max - snd_una,  # snd_nxt = snd_max (see TcpConnection.snd_nxt)
+            c.written_bytes,
+            snd_una,
+            min(snd_una // self.bpt, self.req.output_tokens),
             self.seq.generated,
-            self.req.reading_tps,
-            self.estimate.update(t_s, acked_tokens),
         )
 
     def control(self, t_s: float) -> Observation:
-        """Observe, decide, apply: one control interval."""
-        obs = self.observe(t_s)
-        decision = self.controller.decide(obs)
-        self.node.observe(self.req.stream_id, obs, decision)  # for the scheduler
-        rate = decision.rate_tps
-        if rate != self.rate_tps:
-            self.rate_tps = rate
-            self.seq.set_rate(t_s, rate)
-            self.node.wake()
-        return obs
+        """One control interval (sim.model.control): observe, decide, show the node, apply."""
+        return self.ctl.step(t_s, self.snapshot(), self, self.node.observe)
 
-
-_OBSERVATION_FIELDS = ("t_s", "stream_id", "srtt_ms", "rtt_min_ms", "rtt_p95_ms", "retrans", "cwnd_pkts",
-                       "inflight_bytes", "queued_bytes", "acked_tokens", "generated_tokens", "reading_tps",
-                       "client_buffer_est")
-
-
-def _observation_builder() -> Callable[..., Observation]:
-    """``Observation(*values)`` (values in `_OBSERVATION_FIELDS` order), made faster when that is safe.
-
-    A frozen dataclass's __init__ sets each field through object.__setattr__ (its own __setattr__
-    raises): half the cost of an Observation, and the control loop makes one per stream per
-    interval. Setting the slots through their descriptors makes the very same object. Should the
-    class change -- other fields, a __post_init__, no slots -- the class itself builds them.
-    """
-    fields = dataclasses.fields(Observation)
-    if tuple(f.name for f in fields) != _OBSERVATION_FIELDS:
-        return lambda *values: Observation(**dict(zip(_OBSERVATION_FIELDS, values, strict=True)))
-    slots = [vars(Observation).get(name) for name in _OBSERVATION_FIELDS]
-    if hasattr(Observation, "__post_init__") or not all(isinstance(d, types.MemberDescriptorType) for d in slots):
-        return Observation
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12 = (d.__set__ for d in slots)  # type: ignore[union-attr]
-
-    def build(t_s, stream_id, srtt_ms, rtt_min_ms, rtt_p95_ms, retrans, cwnd_pkts,  # type: ignore[no-untyped-def]
-              inflight_bytes, queued_bytes, acked_tokens, generated_tokens, reading_tps, client_buffer_est):
-        o = new(Observation)
-        s0(o, t_s)
-        s1(o, stream_id)
-        s2(o, srtt_ms)
-        s3(o, rtt_min_ms)
-        s4(o, rtt_p95_ms)
-        s5(o, retrans)
-        s6(o, cwnd_pkts)
-        s7(o, inflight_bytes)
-        s8(o, queued_bytes)
-        s9(o, acked_tokens)
-        s10(o, generated_tokens)
-        s11(o, reading_tps)
-        s12(o, client_buffer_est)
-        return o
-
-    return build
-
-
-_observation = _observation_builder()
+    def set_rate(self, t_s: float, rate_tps: float | None) -> None:
+        """A new rate for the sequence's pacing credit; the node re-plans if it was idle."""
+        self.seq.set_rate(t_s, rate_tps)
+        self.node.wake()
 
 
 def _first_times(times: list[float], progress: list[int], bpt: int, n_tokens: int, n: int) -> np.ndarray:
@@ -196,11 +136,3 @@ def _first_times(times: list[float], progress: list[int], bpt: int, n_tokens: in
     first = np.searchsorted(covered, np.arange(n), side="right")  # first entry covering more than i tokens
     return np.append(np.array(times, dtype=np.float64), math.nan)[first]
 
-
-def _p95(samples: list[float]) -> float:
-    """95th percentile with linear interpolation (numpy's default), without numpy's per-call cost."""
-    xs = sorted(samples)
-    pos = 0.95 * (len(xs) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)

@@ -30,11 +30,12 @@ from controllers import Decision, Observation
 from scenarios import LoadedScenario
 from scenarios.schema import ServerSpec
 from sim.model import router as routers
+from sim.model.path import PathModel
 from sim.model.serving import NodeLog, Sequence, ServingCore
 from sim.model.workload import RNG_LOSS_BASE, RNG_VICTIM, Request, rng_for
 from sim.network import PathRuntime, build_path
 from sim.node import ServingNode
-from sim.oracle import PathKnowledge, SimOracleView, capacity_grid_bps
+from sim.oracle import PathKnowledge, SimOracleView
 from sim.record import Recorder, ReplicaLog
 from sim.stream import SimStream
 
@@ -150,8 +151,8 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
             for i, (pname, spec) in enumerate(scn.paths.items())
         }
         knowledge = {
-            pname: PathKnowledge(spec, scn.faults_for(pname), capacity_grid_bps(spec, scn.faults_for(pname),
-                                                                               loaded.base_dir, scn.max_duration_s))
+            pname: PathKnowledge(PathModel.from_spec(spec, scn.faults_for(pname), loaded.base_dir),
+                                 scn.max_duration_s)
             for pname, spec in scn.paths.items()
         } if controllers.get(name).cls.needs_oracle else {}
         stop = env.event()
@@ -197,7 +198,7 @@ def _simulate(loaded: LoadedScenario, requests: list[Request], name: str, params
                 for s in active:
                     if s.generating:
                         obs = s.control(now)
-                        rec.telemetry(obs, s.rate_tps)
+                        rec.telemetry(obs, s.ctl.rate_tps)
                         keep.append(s)
                 active[:] = keep
                 for p in paths.values():

@@ -20,18 +20,11 @@ from live_timing import binomial_min_n, free_port_in, wait_until
 
 import controllers
 from live.netdata import COLUMNS, NetDataAggregator, NetDataWriter
+from live.pacing import ConnState, NullTelemetry, PacedStream, PacingLoop
 from live.source import SocketStats
-from live.telemetry import HostInterval, RttHistogram, observation_from_stats
+from live.telemetry import HostInterval, RttHistogram
 
 INTERVAL_S = 0.1  # the scenario default control interval
-
-
-def stats(**kw: object) -> SocketStats:
-    base: dict[str, object] = dict(cookie=1, srtt_us=2000, rtt_min_us=1500, rtt_max_us=2500, rtt_p95_us=2400,
-                                   retrans=0, cwnd_pkts=10, ssthresh_pkts=None, snd_wnd_bytes=65535,
-                                   inflight_bytes=3000, acked_bytes=1000, samples=5)
-    base.update(kw)
-    return SocketStats(**base)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- pure Python parts
@@ -50,17 +43,6 @@ def test_histogram_buckets_are_contiguous_and_quantile_is_within_bucket_width():
     q = h.quantile(counts, 0.95)
     assert q is not None and abs(q - 1040) / 1040 < 0.07
     assert h.quantile([0] * h.nbuckets, 0.95) is None
-
-
-def test_observation_from_stats_converts_units_and_keeps_server_fields():
-    obs = observation_from_stats(stats(retrans=3), 12.5, "s1", acked_tokens=40, generated_tokens=50, reading_tps=12.0)
-    assert (obs.srtt_ms, obs.rtt_min_ms, obs.rtt_p95_ms) == (2.0, 1.5, 2.4)
-    assert obs.retrans == 3 and obs.cwnd_pkts == 10 and obs.inflight_bytes == 3000
-    assert obs.queued_bytes == 3000  # defaults to what is in flight
-    assert (obs.t_s, obs.stream_id, obs.acked_tokens, obs.generated_tokens) == (12.5, "s1", 40, 50)
-    assert obs.reading_tps == 12.0
-    empty = observation_from_stats(None, 1.0, "s2", queued_bytes=500)
-    assert empty.srtt_ms is None and empty.retrans == 0 and empty.queued_bytes == 500
 
 
 def host(samples: int, avg: float | None, p95: float | None = None, retrans: int = 0) -> HostInterval:
@@ -175,6 +157,13 @@ def ss_rtt_ms(pair, port: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
+class OpenTransport:
+    """The server side of a connection the test drives itself: open while the test runs."""
+
+    def is_closing(self) -> bool:
+        return False
+
+
 LOSS_P = 0.1
 # The loss window runs until the dropper has seen this many packets: enough that it drops >= 10 of them
 # at 5 sigma (mean 40, sd 6), so the retransmit checks below never judge a rate from a handful.
@@ -193,7 +182,6 @@ def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(v
 
     port = free_port_in(veth.ns_a)
     fault_at_s = 1.55  # mid-interval: the polls at 0.1 s multiples never straddle the switch
-    ctrl = controllers.make("ewma")
     # (t_s, stats, decided rate, packets passed, packets dropped by the dropper in the interval)
     rows: list[tuple[float, SocketStats | None, float, int, int]] = []
     with BccTelemetry([port], INTERVAL_S) as tel:
@@ -203,6 +191,12 @@ def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(v
         # in flight on it, whose retransmits (up to an RTO later) would land in the clean period.
         with player, bulk_flow(veth, port, rate_bps=100e6) as flow:
             tel.poll()  # forget the handshake
+            # the server's control path on the flow's socket: its connection, known by cookie, and a stream on it
+            pacing = PacingLoop(NullTelemetry())
+            pacing.conns[flow.cookie] = ConnState(OpenTransport(), flow.cookie)
+            ps = PacedStream("bulk", pacing.conns[flow.cookie], controllers.make("ewma"), reading_tps=15.0,
+                             arrival_s=0.0, prompt_tokens=0, output_tokens=1 << 30)
+            pacing.register(ps)
             t0 = player.t0_s
             assert t0 is not None
             last = player.dropper_counters()
@@ -215,9 +209,9 @@ def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(v
                 counters = player.dropper_counters()
                 passed, dropped = counters[0] - last[0], counters[1] - last[1]
                 last = counters
-                decision = ctrl.decide(observation_from_stats(s, now, "bulk", reading_tps=15.0))
-                assert decision.rate_tps is not None
-                rows.append((now - t0, s, decision.rate_tps, passed, dropped))
+                pacing.tick(now, {} if s is None else {flow.cookie: s})
+                assert ps.rate_tps is not None
+                rows.append((now - t0, s, ps.rate_tps, passed, dropped))
                 next_t += INTERVAL_S
                 if now - t0 > fault_at_s:
                     loss_pkts += passed + dropped

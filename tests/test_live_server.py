@@ -395,7 +395,8 @@ def test_writes_apply_tcp_backpressure() -> None:
             for _ in range(50):  # 1 s without reading a byte
                 await asyncio.sleep(0.02)
                 worst_user_buffer = max(worst_user_buffer, ps.conn.transport.get_write_buffer_size())
-            obs = ps.observe(time.monotonic(), None)
+            now = time.monotonic()
+            obs = ps.ctl.observe(now, ps.snapshot(now, None))
             result = (ps.generated, ps.generated - generated0, ps.sent, ps.written_bytes - written0,
                       worst_user_buffer, obs.queued_bytes)
             sock.close()
