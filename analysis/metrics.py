@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.qoe import StallIntervals, andes_qoe, stall_intervals
+from analysis.qoe import StallIntervals, stall_intervals, stream_qoe
 from analysis.results import (
-    SERVER_COLUMNS,
+    REPLICAS_COLUMNS,
+    REPLICAS_CSV,
     ControllerRun,
     ResultsFormatError,
     Run,
@@ -214,9 +215,7 @@ def stream_metrics(ctrl: ControllerRun) -> StreamMetrics:
         disp = t_disp[rows]
         end_s = float(streams["end_s"][row])
         abandoned = bool(streams["outcome"][row] == "abandoned")
-        # the reader who left sees nothing more: A stays flat after end_s
-        shown_for_qoe = np.where(disp > end_s, np.nan, disp) if abandoned and math.isfinite(end_s) else disp
-        qoe[row] = andes_qoe(arrival, ttft_e, r, n_tokens, shown_for_qoe)
+        qoe[row] = stream_qoe(arrival, ttft_e, r, n_tokens, disp, end_s=end_s, abandoned=abandoned)
         stall[row] = stall_intervals(r, t_recv[rows], disp, end_s=end_s, abandoned=abandoned).total_s
         shown = disp[~np.isnan(disp)]
         shown_count[row] = shown.size
@@ -281,7 +280,7 @@ def summarize_controller(ctrl: ControllerRun | Path | str, slo_qoe: float = 0.9,
     if ctrl.server is not None and run_time_s:
         busy = float(np.nansum(ctrl.server["batch_duration"])) / run_time_s
     elif replicas > 1 and run_time_s and (ctrl.path / REPLICAS_CSV).exists():
-        steps = read_csv(ctrl.path / REPLICAS_CSV, ("replica", *SERVER_COLUMNS))
+        steps = read_csv(ctrl.path / REPLICAS_CSV, REPLICAS_COLUMNS)
         busy = float(np.nansum(steps["batch_duration"])) / (replicas * run_time_s)
     rates = ctrl.telemetry["rate_tps"] if ctrl.telemetry is not None else np.zeros(0)
     rates = rates[~np.isnan(rates)]
@@ -335,9 +334,6 @@ def cache_metrics(events: Table | None) -> dict[str, Metric]:
         "cache_prefill_tokens_saved": saved,
         "cache_evictions": int(np.count_nonzero(kinds == "cache_evict")),
     }
-
-
-REPLICAS_CSV = "replicas.csv"  # a run with server.replicas > 1: server.csv's columns after a replica column
 
 
 def replicas_of(scenario: Mapping[str, Any]) -> int:

@@ -47,7 +47,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["StallIntervals", "andes_qoe", "stall_intervals", "stream_stall_s"]
+__all__ = ["StallIntervals", "andes_qoe", "stall_intervals", "stream_qoe", "stream_stall_s"]
 
 ArrayLike = npt.ArrayLike
 
@@ -94,6 +94,28 @@ def andes_qoe(
     if expected == "linear":
         return _qoe_linear(t0, r, n, shown)
     raise ValueError(f"expected must be 'step' or 'linear', got {expected!r}")
+
+
+def stream_qoe(
+    arrival_s: float,
+    ttft_expected_s: float,
+    reading_tps: float,
+    n_tokens: int,
+    display_times_s: ArrayLike,
+    *,
+    end_s: float | None = None,
+    abandoned: bool = False,
+) -> float:
+    """QoE of one recorded stream: :func:`andes_qoe` of the tokens on screen, where a reader who left
+    (``abandoned``, at ``end_s``) saw none displayed after leaving (A stays flat from ``end_s`` on).
+
+    The one QoE of the project: the writer's ``qoe`` column (:class:`analysis.results.RunRecorder`)
+    and the metrics (:func:`analysis.metrics.stream_metrics`) both come from here.
+    """
+    shown = np.asarray(display_times_s, dtype=np.float64)
+    if abandoned and end_s is not None and math.isfinite(end_s):
+        shown = np.where(shown > end_s, np.nan, shown)
+    return andes_qoe(arrival_s, ttft_expected_s, reading_tps, n_tokens, shown)
 
 
 def _qoe_step(t0: float, r: float, n: int, shown: np.ndarray) -> float:

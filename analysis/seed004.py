@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.results import SERVER_COLUMNS, ResultsFormatError, read_csv, read_json
+from analysis.results import REPLICAS_COLUMNS, REPLICAS_CSV, ResultsFormatError, read_csv, read_json
 from analysis.sweep import SWEEP_MODE, t_interval, value_text
 
 __all__ = [
@@ -79,7 +79,6 @@ BATCH_ANALYSIS_COLUMNS = ("batch_size", "avg_wait_ms", "avg_latency_ms", "throug
                           "total_requests", "efficiency_notes")
 REPLICAS_KEY = "server.replicas"
 BATCH_KEYS = ("server.max_running", "server.batch_tokens")
-REPLICAS_CSV = "replicas.csv"  # written by sim/record.py for server.replicas > 1: server.csv's columns + replica
 _TRACE_COLUMNS = ("arrival_time", "completion_time", "waiting_time", "total_delay")
 
 
@@ -118,7 +117,7 @@ def run_figures(controller_dir: Path, replicas: int) -> RunFigures:
         else:
             per_replica[0] = int(done.size)
     else:
-        steps = read_csv(controller_dir / REPLICAS_CSV, ("replica", *SERVER_COLUMNS))
+        steps = read_csv(controller_dir / REPLICAS_CSV, REPLICAS_COLUMNS)
         rep = steps["replica"]
         for i in range(replicas):
             mine = steps["completed_count"][rep == i]

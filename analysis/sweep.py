@@ -7,7 +7,8 @@ the sweep on common random numbers, and writes into its folder:
 * ``cells/<cell>/seed-<s>/``: one ordinary results folder (run.json, summary.json, one folder per
   controller) per cell and seed;
 * ``sweep.csv``: one row per cell x controller x seed -- ``cell``, each grid key, ``controller``,
-  ``seed``, then every summary metric (:data:`analysis.metrics.METRIC_KEYS`); rows are appended
+  ``seed``, then every summary metric (:data:`analysis.metrics.METRIC_KEYS`, and the prefix cache's
+  :data:`analysis.metrics.CACHE_METRIC_KEYS` when a cell keeps a prefix cache); rows are appended
   as runs finish and the file is rewritten in grid order at the end, so a resumed sweep's file is
   the same as an uninterrupted one's;
 * ``sweep.json``: per cell x controller x metric the mean over seeds, its 95% confidence interval
@@ -29,7 +30,7 @@ from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.metrics import METRIC_KEYS
+from analysis.metrics import CACHE_METRIC_KEYS, METRIC_KEYS
 from analysis.results import ResultsFormatError, read_growing_csv, read_json, to_jsonable
 from analysis.style import PALETTE, safe_name
 
@@ -49,8 +50,10 @@ __all__ = [
     "plot_sweep",
     "read_sweep_csv",
     "report_sweep",
+    "sweep_metrics",
     "sweep_table",
     "t_interval",
+    "table_metrics",
     "value_text",
 ]
 
@@ -63,9 +66,16 @@ TABLE_METRICS: tuple[str, ...] = ("qoe_mean", "slo_attainment", "ttft_p99_s", "w
 _TEXT_COLUMNS = ("cell", "controller")
 
 
-def csv_columns(grid_keys: Sequence[str]) -> list[str]:
-    """sweep.csv's header: cell, each grid key, controller, seed, every summary metric."""
-    return ["cell", *grid_keys, "controller", "seed", *METRIC_KEYS]
+def csv_columns(grid_keys: Sequence[str], metrics: Sequence[str] = METRIC_KEYS) -> list[str]:
+    """sweep.csv's header: cell, each grid key, controller, seed, every summary metric (``metrics``: the
+    prefix cache's too when the sweep's scenarios keep one, :func:`sweep_metrics`)."""
+    return ["cell", *grid_keys, "controller", "seed", *metrics]
+
+
+def sweep_metrics(prefix_cache: bool) -> tuple[str, ...]:
+    """The metrics a sweep's rows carry: every summary metric, and the prefix cache's counts
+    (:data:`analysis.metrics.CACHE_METRIC_KEYS`) when any of its scenarios keeps a prefix cache."""
+    return (*METRIC_KEYS, *CACHE_METRIC_KEYS) if prefix_cache else METRIC_KEYS
 
 
 def value_text(value: Any) -> str:
@@ -101,7 +111,7 @@ def t_interval(values: Sequence[float | None], level: float = CI_LEVEL) -> dict[
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, Any]],
-              controllers: Sequence[str]) -> list[dict[str, Any]]:
+              controllers: Sequence[str], metrics: Sequence[str] = METRIC_KEYS) -> list[dict[str, Any]]:
     """sweep.json's ``cells``: for each cell (``{"id", "values"}``, grid order) its ``controllers``
     mapping entry -> metric -> :func:`t_interval` over the seeds of ``rows``, 6 significant digits.
     A cell or controller with no row yet is left out."""
@@ -114,7 +124,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, An
         for entry in controllers:
             seeds = by_key.get((str(cell["id"]), entry))
             if seeds:
-                per_ctrl[entry] = {m: t_interval([r.get(m) for r in seeds]) for m in METRIC_KEYS}
+                per_ctrl[entry] = {m: t_interval([r.get(m) for r in seeds]) for m in metrics}
                 per_ctrl[entry]["seeds"] = sorted(int(r["seed"]) for r in seeds)
         if per_ctrl:
             out.append({"id": cell["id"], "values": dict(cell["values"]), "controllers": per_ctrl})
@@ -191,11 +201,19 @@ def _pm(stat: Mapping[str, Any]) -> str:
     return f"{mean:.4g}" if half is None else f"{mean:.4g} ± {half:.2g}"
 
 
+def table_metrics(cells: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The table's columns: :data:`TABLE_METRICS`, and the cache hit rate when the cells have it."""
+    has_cache = any("cache_hit_rate" in m for c in cells for m in c.get("controllers", {}).values())
+    return (*TABLE_METRICS, "cache_hit_rate") if has_cache else TABLE_METRICS
+
+
 def sweep_table(cells: Sequence[Mapping[str, Any]], grid_keys: Sequence[str],
-                metrics: Sequence[str] = TABLE_METRICS) -> RichTable:
-    """Per cell and controller: the mean over seeds ± the 95% CI half-width of ``metrics``."""
+                metrics: Sequence[str] | None = None) -> RichTable:
+    """Per cell and controller: the mean over seeds ± the 95% CI half-width of ``metrics`` (default:
+    :func:`table_metrics`)."""
     from rich.table import Table
 
+    metrics = table_metrics(cells) if metrics is None else metrics
     table = Table(title=f"sweep: mean over seeds ± {CI_LEVEL:.0%} CI (Student t)")
     for key in grid_keys:
         table.add_column(key)
@@ -306,7 +324,7 @@ def report_sweep(folder: Path, plots: bool, console: Console, warn: Callable[[Se
     if info.get("status") != "complete" or done < expected:
         warn([f"{folder}: incomplete sweep (status {info.get('status')}): {done} of {expected} runs (cell x seed) "
               f"finished; analysing those (python -m sim sweep ... --resume finishes it)"])
-    cells = aggregate(rows, info["cells"], controllers)
+    cells = aggregate(rows, info["cells"], controllers, sweep_metrics(any(k in rows[0] for k in CACHE_METRIC_KEYS)))
     console.print(sweep_table(cells, list(grid)))
     if plots:
         paths = plot_sweep(cells, grid, controllers, folder / "plots", _styles(info, controllers))

@@ -317,9 +317,9 @@ def _start_serve(cfg: ServeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from contextlib import ExitStack
 
+    from analysis.results import sigterm_as_ctrl_c
     from live.faults import FaultPlayer, UnsupportedFault
     from live.server import serve
-    from sim.record import sigterm_as_ctrl_c
 
     player: FaultPlayer | None = None
 

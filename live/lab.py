@@ -196,11 +196,11 @@ def _lab_controllers(loaded: Any, requested: str | None, problems: Any,
 
 def entry_plan(loaded: Any, names: Sequence[str], schedulers: dict[str, str], seed: int = 0,
                out: Path = Path()) -> Any:
-    """The simulator's plan of these entries (``sim.runner.Plan``: entry -> parameters and scheduler),
+    """The simulator's plan of these entries (``sim.model.entries.Plan``: entry -> parameters and scheduler),
     whose ``scenario_for``, ``controller_of``, ``scheduler_of`` and ``entry_info`` the lab uses too, so
     that an entry runs on the same scheduler, with the same parameters, in the lab as in the simulator."""
     from scenarios.loader import entry_params
-    from sim.runner import Plan
+    from sim.model.entries import Plan
 
     return Plan(loaded, {n: dict(entry_params(loaded.scenario, n)) for n in names}, seed, out,
                 {n: schedulers[n] for n in names})
@@ -456,7 +456,7 @@ def entries_info(plan: Any) -> dict[str, Any]:
     """What run.json says of the entries, as ``python -m sim`` writes it (:func:`sim.runner.run_info`):
     the scenario file's resolved scenario, each entry's parameters, label and colour, and ``entries``
     (its controller and scheduler). The server children rewrite some of these keys; the lab puts them back."""
-    from sim.runner import entry_info
+    from sim.model.entries import entry_info
 
     names = list(plan.controllers)
     return {"scenario": plan.loaded.resolved(), "controller_params": plan.controllers,
@@ -469,20 +469,19 @@ def _start_run_json(out: Path, loaded: Any, names: list[str], seed: int, lab_inf
     """run.json before the first entry starts: mode lab, the entries planned (``entries``: what
     :func:`entries_info` says of them), ``status`` running and none ``finished`` -- what a killed lab
     leaves (each server child adds its own details)."""
-    from live.recorder import _git_rev, _versions
-    from sim.record import RUNNING, write_json_durably
+    from analysis.results import RUNNING, started_at, write_run_json
 
     scn = loaded.scenario
-    write_json_durably(out / "run.json", {
+    write_run_json(out, {
         "mode": "lab", "scenario_file": str(loaded.path), "controllers": names, **entries,
         "seed": seed, "slo_qoe": scn.slo.qoe, "control_interval_s": scn.control_interval_s,
-        "versions": _versions(), "git_rev": _git_rev(), "status": RUNNING, "finished": [], "lab": lab_info,
-    })
+        "status": RUNNING, "finished": [], "lab": lab_info,
+    }, started=started_at(out, keep=False))
 
 
 def _controller_finished(out: Path, name: str, names: list[str], ran: list[str]) -> None:
     """A controller's run ended well (its server closed and merged its files): run.json lists it finished."""
-    from sim.record import fsync_files, in_order, update_run_json
+    from analysis.results import fsync_files, in_order, update_run_json
 
     if (out / name).is_dir():
         fsync_files(out / name)
@@ -495,9 +494,16 @@ def _finish(out: Path, ran: list[str], lab_info: dict[str, Any], log: Callable[[
     """Merge, then run.json: the controllers planned minus those that failed (named in ``lab.runs``),
     ``finished`` those that ran, ``status`` interrupted or -- once summary.json is written -- complete."""
     from analysis.metrics import summarize_run
-    from analysis.results import read_json
+    from analysis.results import (
+        COMPLETE,
+        INTERRUPTED,
+        RUNNING,
+        in_order,
+        read_json,
+        update_run_json,
+        write_json_durably,
+    )
     from live.recorder import merge_live_run
-    from sim.record import COMPLETE, INTERRUPTED, RUNNING, in_order, update_run_json, write_json_durably
 
     merge_live_run(out)
     run_json = out / "run.json"
@@ -742,7 +748,7 @@ def run(plan: LabPlan) -> int:
         log(f"[lab] interrupted by {exc}: cleaned up; keeping what finished ({', '.join(ran) or 'nothing'})")
         rc = EXIT_INTERRUPTED
     except BaseException:  # run.json must not keep saying running after the lab has stopped
-        from sim.record import INTERRUPTED, in_order, update_run_json
+        from analysis.results import INTERRUPTED, in_order, update_run_json
 
         update_run_json(out, {"status": INTERRUPTED, "finished": in_order(names, ran)})
         raise

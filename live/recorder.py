@@ -1,8 +1,9 @@
 """A live run in the results layout of DESIGN.md, so ``python -m analysis DIR`` reads it like a simulation.
 
 Two processes see a live stream: the server (when a token was generated, sent, acked) and the load
-client (when it arrived and was displayed). Each writes its own half as it goes, with
-:class:`analysis.results.CsvRecorder` (rows reach the disk in small batches)::
+client (when it arrived and was displayed). Each writes its own half as it goes, through the one
+writer of the results format, :class:`analysis.results.RunRecorder` (the rows of a simulation, rows
+reaching the disk in small batches)::
 
     DIR/run.json                           mode "live", scenario, controllers, clock origin
     DIR/<controller>/server.csv            one row per engine step (seed 002's columns)
@@ -21,57 +22,48 @@ finishes; the later merge wins. When a client half exists, streams the load clie
 Times are seconds since the server's clock origin ``t0`` (``time.monotonic()`` when the server
 started, written to run.json as ``t0_monotonic``); the client maps its own clock onto it.
 
-run.json also says whether the recording is whole (:mod:`sim.record`): ``status`` ``running`` from the
-start (a killed server leaves it), the controller in ``finished`` once the server closed its files and
-merged them (``status`` ``complete``), and ``interrupted`` when Ctrl-C or SIGTERM stopped the server
-(``python -m live`` writes it: the files are still closed and merged, up to that moment). In a lab's
-folder (run.json ``mode`` ``lab``) the lab keeps both keys itself. Rows reach the disk at least every
-:data:`FLUSH_INTERVAL_S`, so a SIGKILL loses at most that much.
+run.json also says whether the recording is whole (:mod:`analysis.results.run_json`): ``status``
+``running`` from the start (a killed server leaves it), the controller in ``finished`` once the server
+closed its files and merged them (``status`` ``complete``), and ``interrupted`` when Ctrl-C or SIGTERM
+stopped the server (``python -m live`` writes it: the files are still closed and merged, up to that
+moment). In a lab's folder (run.json ``mode`` ``lab``) the lab keeps both keys itself. Rows reach the
+disk at least every :data:`FLUSH_INTERVAL_S`, so a SIGKILL loses at most that much.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import platform
-import re
 import socket
-import subprocess
-import time
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.qoe import andes_qoe
 from analysis.results import (
-    EVENTS_COLUMNS,
-    MEMORY_EVENTS_COLUMNS,
-    REQUEST_TRACES_COLUMNS,
-    SERVER_COLUMNS,
-    STREAMS_COLUMNS,
-    TELEMETRY_COLUMNS,
-    TOKENS_COLUMNS,
-    CsvRecorder,
-    ResultsFormatError,
-    read_csv,
-    read_json,
-)
-from controllers import Observation
-from sim.record import (
     COMPLETE,
     INTERRUPTED,
     RUNNING,
+    STREAMS_COLUMNS,
+    STREAMS_DECIMALS,
+    TOKENS_COLUMNS,
+    TOKENS_DECIMALS,
+    CsvRecorder,
+    ResultsFormatError,
+    RunRecorder,
+    SequenceTrace,
     fsync_files,
     in_order,
     name_list,
+    read_csv,
+    read_json,
     read_run_json,
+    run_json,
+    streams_row,
     write_json_durably,
 )
 
 if TYPE_CHECKING:
     from live.pacing import PacedStream
-    from sim.model.serving import Sequence
 
 __all__ = [
     "CLIENT_STREAMS",
@@ -88,13 +80,8 @@ __all__ = [
 
 SERVER_TOKENS, SERVER_STREAMS = "server_tokens.csv", "server_streams.csv"
 CLIENT_TOKENS, CLIENT_STREAMS = "client_tokens.csv", "client_streams.csv"
-_TRANSFER_EVENTS = frozenset(("swap_out", "swap_in"))
-_TRANSFER = re.compile(r"( B (?:to|from) host )(-?\d+(?:\.\d+)?)-(-?\d+(?:\.\d+)?)$")
+SERVER_FILES = ("server.csv", "events.csv", "memory_events.csv", "telemetry.csv", "tokens.csv", "streams.csv")
 FLUSH_INTERVAL_S = 0.2  # the server's rows are handed to the OS at least this often (besides every N rows)
-
-
-def _t(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 6)
 
 
 def boot_id() -> str:
@@ -105,32 +92,12 @@ def boot_id() -> str:
         return f"{socket.gethostname()}-unknown"
 
 
-def _git_rev() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False).stdout.strip()
-        return out or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("tokenpace", "aiohttp", "numpy", "pydantic", "prometheus-client"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def write_run_json(run_dir: Path | str, *, controller: str, params: Mapping[str, Any] | None = None,
                    scenario: Mapping[str, Any] | None = None, slo_qoe: float | None = None,
                    control_interval_s: float | None = None, seed: int | None = None,
                    live: Mapping[str, Any] | None = None) -> Path:
     """Write (or extend) DIR/run.json for a live run. A second controller run into the same folder
-    is added to ``controllers``; everything else already there is kept.
+    is added to ``controllers``; everything else already there is kept, ``started_at`` included.
 
     The recording of ``controller`` is starting (again): ``status`` becomes ``running`` and it leaves
     ``finished``. In a lab's folder (``mode`` ``lab``) mode, status and finished are the lab's and stay."""
@@ -160,8 +127,6 @@ def write_run_json(run_dir: Path | str, *, controller: str, params: Mapping[str,
         "seed": seed if seed is not None else info.get("seed"),
         "slo_qoe": slo_qoe if slo_qoe is not None else info.get("slo_qoe", 0.9),
         "control_interval_s": control_interval_s if control_interval_s is not None else info.get("control_interval_s"),
-        "versions": _versions(),
-        "git_rev": _git_rev(),
         "live": {**(info.get("live") or {}), **dict(live or {})},
     }
     if lab:
@@ -171,7 +136,7 @@ def write_run_json(run_dir: Path | str, *, controller: str, params: Mapping[str,
         merged["finished"] = in_order(names, [n for n in name_list(info.get("finished")) if n != controller])
     for key, value in info.items():  # keep what others wrote (the lab's fault timeline, say)
         merged.setdefault(key, value)
-    return write_json_durably(path, merged)
+    return run_json.write_run_json(run_dir, merged, started=run_json.started_at(run_dir, keep=True))
 
 
 def _mark_closed(run_dir: Path, controller: str) -> None:
@@ -198,110 +163,33 @@ def mark_interrupted(run_dir: Path | str) -> None:
 
 
 # --------------------------------------------------------------------------- the server's half
-class LiveRecorder:
-    """The server's files for one controller; also the engine's log (sim.model.serving.NodeLog)."""
+class LiveRecorder(RunRecorder):
+    """The server's files for one controller (the writer with times since ``t0``, rows on disk at least
+    every :data:`FLUSH_INTERVAL_S`); also the engine's log (sim.model.serving.NodeLog)."""
 
     def __init__(self, run_dir: Path | str, controller: str, t0: float, *, kv_tokens: int,
                  ttft_expected_s: float = 1.0, flush_every: int = 64) -> None:
         self.run_dir = Path(run_dir)
         self.controller = controller
-        self.dir = self.run_dir / controller
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.t0 = t0
-        self.kv_tokens = kv_tokens
+        super().__init__(self.run_dir / controller, SERVER_FILES, kv_tokens=kv_tokens, t0=t0,
+                         rename={"tokens.csv": SERVER_TOKENS, "streams.csv": SERVER_STREAMS}, block_rows=flush_every,
+                         flush_interval_s=FLUSH_INTERVAL_S, stream_at_once=True)
         self.ttft_expected_s = ttft_expected_s
-        d = self.dir
-        self._server = CsvRecorder(d / "server.csv", SERVER_COLUMNS, flush_every=flush_every)
-        self._events = CsvRecorder(d / "events.csv", EVENTS_COLUMNS, flush_every=flush_every)
-        self._memory = CsvRecorder(d / "memory_events.csv", MEMORY_EVENTS_COLUMNS, flush_every=flush_every)
-        self._telemetry = CsvRecorder(d / "telemetry.csv", TELEMETRY_COLUMNS, flush_every=flush_every)
-        self._tokens = CsvRecorder(d / SERVER_TOKENS, TOKENS_COLUMNS, flush_every=flush_every * 8)
-        self._streams = CsvRecorder(d / SERVER_STREAMS, STREAMS_COLUMNS, flush_every=1)
-        self.streams_written = 0
-        self.closed = False
-        self._flushed_at = time.monotonic()
-
-    def _maybe_flush(self) -> None:
-        """Hand every buffered row to the OS if the last time was FLUSH_INTERVAL_S ago: a killed server
-        loses at most that much (measured: a few microseconds a call, one flush per interval)."""
-        now = time.monotonic()
-        if now - self._flushed_at >= FLUSH_INTERVAL_S:
-            self._flushed_at = now
-            self.flush()
-
-    def rel(self, t: float | None) -> float | None:
-        return None if t is None else round(t - self.t0, 6)
-
-    # ------------------------------------------------------------------ the engine's log
-    def step(self, t: float, batch_id: int, batch_size: int, batch_tokens: int, duration_s: float,
-             waiting: int, running: int, swapped: int, completed: int, kv_used: int) -> None:
-        self._server.write((self.rel(t), batch_id, batch_size, batch_tokens, round(duration_s, 6), waiting, running,
-                            swapped, completed, kv_used, round(kv_used / self.kv_tokens, 6)))
-        self._maybe_flush()
-
-    def event(self, t: float, kind: str, req_id: str, details: str = "") -> None:
-        if kind in _TRANSFER_EVENTS:
-            details = self._relative_transfer(details)
-        self._events.write((self.rel(t), kind, req_id, details))
-
-    def _relative_transfer(self, details: str) -> str:
-        """A swap's host-link interval (``... N B to host START-END``, the engine's clock) on the
-        recording's clock, as every other time in these files."""
-        m = _TRANSFER.search(details)
-        if m is None:
-            return details
-        start, end = (float(x) - self.t0 for x in m.group(2, 3))
-        return f"{details[:m.start()]}{m.group(1)}{start:.6f}-{end:.6f}"
-
-    def memory(self, t: float, kind: str, req_id: str, before: int, after: int, reason: str) -> None:
-        self._memory.write((self.rel(t), kind, req_id, before, after, reason))
-
-    # ------------------------------------------------------------------ control samples and streams
-    def telemetry(self, o: Observation, rate_tps: float | None) -> None:
-        self._telemetry.write((
-            self.rel(o.t_s), o.stream_id, _t(o.srtt_ms), _t(o.rtt_min_ms), _t(o.rtt_p95_ms), o.retrans, o.cwnd_pkts,
-            o.inflight_bytes, o.queued_bytes, o.acked_tokens, o.generated_tokens, round(o.reading_tps, 6),
-            round(o.client_buffer_est, 4), _t(rate_tps),
-        ))
-        self._maybe_flush()
 
     def server_stream(self, s: PacedStream) -> None:
-        sid = s.stream_id
-        for i in range(s.generated):
-            self._tokens.write((
-                sid, i, self.rel(s.t_generated[i]),
-                self.rel(s.t_sent[i]) if i < len(s.t_sent) else None,
-                self.rel(s.t_acked[i]) if i < len(s.t_acked) else None,
-                None, None,
-            ))
-        self._streams.write((
-            sid, s.path, self.rel(s.arrival_s), s.prompt_tokens, s.output_tokens, None, None, None,
-            s.outcome or "cancelled", None, round(s.reading_tps, 6), None, self.ttft_expected_s,
-            self.rel(s.end_s), s.generated, None,
-        ))
-        self._tokens.flush()  # a stream's rows are on disk once it is retired (a merge may come any time)
-        self.streams_written += 1
+        """A retired stream as the server saw it: when each token was generated, sent and acked. Its rows
+        are on disk when this returns (a merge may come any time)."""
+        self.write_stream(
+            stream_id=s.stream_id, path=s.path, arrival_s=s.arrival_s, prompt_tokens=s.prompt_tokens,
+            output_tokens=s.output_tokens, reading_tps=s.reading_tps, ttft_expected_s=self.ttft_expected_s,
+            outcome=s.outcome or "cancelled", token_rows=s.generated, t_generated=s.t_generated, t_sent=s.t_sent,
+            t_acked=s.t_acked, generated=s.generated, end_s=s.end_s)
 
-    def request_traces(self, seqs: Iterable[Sequence]) -> None:
-        with CsvRecorder(self.dir / "request_traces.csv", REQUEST_TRACES_COLUMNS) as f:
-            for q in seqs:
-                done = q.done_s if q.state == "finished" else None
-                first = q.first_running_s
-                f.write((q.req_id, self.rel(q.arrival_s), q.prompt_tokens, q.output_tokens, self.rel(done),
-                         self.rel(first), None if first is None else round(first - q.arrival_s, 6),
-                         round(q.exec_s, 6), q.swap_count, None if done is None else round(done - q.arrival_s, 6)))
-
-    def flush(self) -> None:
-        for f in (self._server, self._events, self._memory, self._telemetry, self._tokens, self._streams):
-            f.flush()
-
-    def close(self, seqs: Iterable[Sequence] | None = None, *, merge: bool = True) -> None:
+    def close(self, seqs: Iterable[SequenceTrace] | None = None, *, merge: bool = True) -> None:
         """Close the files (and merge the halves); then run.json lists the controller as finished."""
         if self.closed:
             return
-        self.closed = True
-        for f in (self._server, self._events, self._memory, self._telemetry, self._tokens, self._streams):
-            f.close()
+        super().close()
         if seqs is not None:
             self.request_traces(seqs)
         if merge:
@@ -311,36 +199,26 @@ class LiveRecorder:
 
 
 # --------------------------------------------------------------------------- the client's half
-class ClientRecorder:
+class ClientRecorder(RunRecorder):
     """The load client's files for one controller (tokens it received, streams as the reader saw them)."""
 
     def __init__(self, run_dir: Path | str, controller: str, flush_every: int = 512) -> None:
-        self.dir = Path(run_dir) / controller
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._tokens = CsvRecorder(self.dir / CLIENT_TOKENS, TOKENS_COLUMNS, flush_every=flush_every)
-        self._streams = CsvRecorder(self.dir / CLIENT_STREAMS, STREAMS_COLUMNS, flush_every=1)
+        super().__init__(Path(run_dir) / controller, ("tokens.csv", "streams.csv"),
+                         rename={"tokens.csv": CLIENT_TOKENS, "streams.csv": CLIENT_STREAMS}, block_rows=flush_every,
+                         stream_at_once=True)
 
     def stream(self, *, stream_id: str, path: str, arrival_s: float, prompt_tokens: int, output_tokens: int,
                reading_tps: float, patience_s: float, ttft_expected_s: float, outcome: str, stall_s: float,
                end_s: float | None, t_received: list[float], t_displayed: list[float]) -> float:
-        """Write one stream (its received tokens and its row); returns its QoE."""
+        """Write one stream (its received tokens, then its row); returns its QoE."""
         n = len(t_received)
-        for i in range(n):
-            self._tokens.write((stream_id, i, None, None, None, _t(t_received[i]), _t(t_displayed[i])))
-        displayed = list(t_displayed[:n])
-        qoe = andes_qoe(arrival_s, ttft_expected_s, reading_tps, max(1, output_tokens), displayed)
-        ttft = displayed[0] - arrival_s if displayed else None
-        self._tokens.flush()  # a stream's tokens reach the disk before its row does
-        self._streams.write((
-            stream_id, path, round(arrival_s, 6), prompt_tokens, output_tokens, _t(ttft), round(stall_s, 6),
-            round(qoe, 6), outcome, None, round(reading_tps, 6), round(patience_s, 6), ttft_expected_s, _t(end_s),
-            None, n,
-        ))
+        qoe = self.write_stream(
+            stream_id=stream_id, path=path, arrival_s=arrival_s, prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens, reading_tps=reading_tps, ttft_expected_s=ttft_expected_s, outcome=outcome,
+            token_rows=n, t_received=t_received, t_displayed=t_displayed, displayed=n, stall_s=stall_s,
+            patience_s=patience_s, end_s=end_s)
+        assert qoe is not None  # the reader's side is known
         return qoe
-
-    def close(self) -> None:
-        self._tokens.close()
-        self._streams.close()
 
 
 # --------------------------------------------------------------------------- joining the halves
@@ -410,27 +288,29 @@ def merge_controller_dir(ctrl_dir: Path | str) -> bool:
     rank = {sid: k for k, sid in enumerate(order)}
     tmp_tokens = d / f".tokens.csv.tmp{os.getpid()}"  # server and client may merge at the same moment
     tmp_streams = d / f".streams.csv.tmp{os.getpid()}"
-    with CsvRecorder(tmp_tokens, TOKENS_COLUMNS, flush_every=4096) as out:
-        for (sid, idx) in sorted(tokens, key=lambda k: (rank[k[0]], k[1])):
-            v = tokens[(sid, idx)]
-            out.write((sid, idx, *(_t(_num(v.get(c))) for c in TOKENS_COLUMNS[2:])))
-    with CsvRecorder(tmp_streams, STREAMS_COLUMNS, flush_every=4096) as out:
-        for sid in order:
-            r = rows[sid]
-            srv = server_by_id.get(sid)
-            displayed = _int(r.get("displayed_tokens")) or 0
-            generated = _int(srv["generated_tokens"]) if srv is not None else None
-            if generated is None:
-                generated = per_stream_tokens.get(sid, displayed)
-            out_tokens = _int(r.get("output_tokens")) or (_int(srv["output_tokens"]) if srv is not None else 1) or 1
-            outcome = str(r.get("outcome") or "cancelled")
-            out.write((
-                sid, str(r.get("path") or "live"), _t(_num(r.get("arrival"))), _int(r.get("prompt_tokens")),
-                max(1, out_tokens), _t(_num(r.get("ttft_s"))), _t(_num(r.get("stall_s"))),
-                _t(_num(r.get("qoe"))), outcome, max(0, generated - displayed), _t(_num(r.get("reading_tps"))),
-                _t(_num(r.get("patience_s"))), _t(_num(r.get("ttft_expected_s"))), _t(_num(r.get("end_s"))),
-                generated, displayed,
-            ))
+    keys = sorted(tokens, key=lambda k: (rank[k[0]], k[1]))
+    token_rows = [(sid, idx, *(_num(tokens[(sid, idx)].get(c)) for c in TOKENS_COLUMNS[2:])) for sid, idx in keys]
+    stream_rows = []
+    for sid in order:
+        r = rows[sid]
+        srv = server_by_id.get(sid)
+        displayed = _int(r.get("displayed_tokens")) or 0
+        generated = _int(srv["generated_tokens"]) if srv is not None else None
+        if generated is None:
+            generated = per_stream_tokens.get(sid, displayed)
+        out_tokens = _int(r.get("output_tokens")) or (_int(srv["output_tokens"]) if srv is not None else 1) or 1
+        stream_rows.append(streams_row(
+            stream_id=sid, path=str(r.get("path") or "live"), arrival_s=_num(r.get("arrival")),
+            prompt_tokens=_int(r.get("prompt_tokens")), output_tokens=max(1, out_tokens), ttft_s=_num(r.get("ttft_s")),
+            stall_s=_num(r.get("stall_s")), qoe=_num(r.get("qoe")), outcome=str(r.get("outcome") or "cancelled"),
+            wasted_tokens=max(0, generated - displayed), reading_tps=_num(r.get("reading_tps")),
+            patience_s=_num(r.get("patience_s")), ttft_expected_s=_num(r.get("ttft_expected_s")),
+            end_s=_num(r.get("end_s")), generated_tokens=generated, displayed_tokens=displayed))
+    for tmp, columns, decimals, table in ((tmp_tokens, TOKENS_COLUMNS, TOKENS_DECIMALS, token_rows),
+                                          (tmp_streams, STREAMS_COLUMNS, STREAMS_DECIMALS, stream_rows)):
+        with CsvRecorder(tmp, columns) as out:
+            if table:
+                out.write_columns(list(zip(*table, strict=True)), decimals)
     os.replace(tmp_tokens, d / "tokens.csv")
     os.replace(tmp_streams, d / "streams.csv")
     return True

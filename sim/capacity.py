@@ -39,14 +39,24 @@ from typing import IO, Any
 import controllers
 from analysis.capacity import BASELINE, CAPACITY_CSV, CAPACITY_JSON, CSV_COLUMNS, capacity_table, read_capacity_csv
 from analysis.metrics import summarize_controller
-from analysis.results import ResultsFormatError, to_jsonable
+from analysis.results import (
+    COMPLETE,
+    INTERRUPTED,
+    RUNNING,
+    ResultsFormatError,
+    read_run_json,
+    sigterm_as_ctrl_c,
+    started_at,
+    to_jsonable,
+    write_json_durably,
+    write_run_json,
+)
 from scenarios import LoadedScenario
 from scenarios.cli_errors import BadInput
 from scenarios.loader import entry_params, expand_entries, split_entry
 from sim.capacity_search import Search, Slo, check_scalable, parse_slos, scaled_scenario, slos_hold
 from sim.model import schedulers
 from sim.model.workload import draw_requests
-from sim.record import COMPLETE, INTERRUPTED, RUNNING, read_run_json, sigterm_as_ctrl_c, write_json_durably
 from sim.world import run_controller
 
 PROG = "python -m sim capacity"
@@ -128,8 +138,7 @@ class _CsvLog:
 
 
 def run_info(plan: CapacityPlan, status: str) -> dict[str, Any]:
-    from sim.runner import git_rev, versions
-
+    """What run.json says about the search (:func:`analysis.results.write_run_json` adds where and when it ran)."""
     return {
         "mode": "capacity",
         "scenario": plan.loaded.resolved(),
@@ -143,8 +152,6 @@ def run_info(plan: CapacityPlan, status: str) -> dict[str, Any]:
         "seeds": plan.seeds,
         "slo": [str(s) for s in plan.slos],
         "tol": plan.tol,
-        "versions": versions(),
-        "git_rev": git_rev(),
         "status": status,
     }
 
@@ -267,7 +274,8 @@ def run_capacity(plan: CapacityPlan, jobs: int = 1, show_progress: bool = False,
     cache: dict[ProbeKey, dict[str, Any]] = {
         (r["scheduler"], r["controller"], r["seed"], r["rate_factor"]): r for r in kept}
     (plan.out / CAPACITY_JSON).unlink(missing_ok=True)
-    write_json_durably(plan.out / "run.json", run_info(plan, RUNNING))
+    started = started_at(plan.out, keep=resume)
+    write_run_json(plan.out, run_info(plan, RUNNING), started=started)
     log_csv = _CsvLog(plan.out / CAPACITY_CSV, kept)
     searches = {p: Search(plan.tol) for p in plan.pairs}
     logs: dict[Pair, list[dict[str, Any]]] = {p: [] for p in plan.pairs}
@@ -355,7 +363,7 @@ def run_capacity(plan: CapacityPlan, jobs: int = 1, show_progress: bool = False,
             log_csv.close()
             info = result_info(plan, searches, logs, status, notes)
             write_json_durably(plan.out / CAPACITY_JSON, info)
-            write_json_durably(plan.out / "run.json", {**run_info(plan, status), "probes_reused": reused})
+            write_run_json(plan.out, {**run_info(plan, status), "probes_reused": reused}, started=started)
     return info
 
 

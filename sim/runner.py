@@ -4,7 +4,7 @@ The requests (arrivals, lengths, paths, readers) are drawn once and handed to ea
 controller's run, and each path's loss process is seeded the same way in every run, so the
 controllers differ only in what they decided. Runs go to separate processes when ``jobs > 1``.
 
-A run keeps its folder honest (run.json ``status`` and ``finished``, see :mod:`sim.record`): a
+A run keeps its folder honest (run.json ``status`` and ``finished``, see :mod:`analysis.results.run_json`): a
 controller is listed as finished once its files are closed and on disk, Ctrl-C and SIGTERM leave
 ``interrupted``, and a SIGKILL leaves ``running``. ``resume=True`` (``python -m sim ... --resume``)
 then runs only the controllers that did not finish. That gives the same summary.json, byte for byte,
@@ -20,66 +20,38 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import controllers
 from analysis.metrics import summarize_run
-from analysis.results import to_jsonable
-from scenarios import LoadedScenario, ScenarioError, load_scenario
-from scenarios.cli_errors import BadInput
-from scenarios.loader import ENTRY_SEP, entry_params, entry_params_key, entry_problems, expand_entries, split_entry
-from scenarios.schema import SchedulerSpec
-from sim.model import schedulers
-from sim.model.workload import Request, draw_requests
-from sim.record import (
+from analysis.results import (
     COMPLETE,
     INTERRUPTED,
     RUNNING,
     fsync_files,
+    git_rev,
     in_order,
     name_list,
     read_run_json,
     sigterm_as_ctrl_c,
+    started_at,
+    to_jsonable,
     update_run_json,
-    write_json_durably,
+    write_run_json,
 )
+from scenarios import ScenarioError, load_scenario
+from scenarios.cli_errors import BadInput
+from scenarios.loader import entry_params, entry_params_key, entry_problems, expand_entries, split_entry
+from sim.model import schedulers
+from sim.model.entries import Plan, entry_info
+from sim.model.workload import Request, draw_requests
 from sim.world import RunStats, run_controller
-
-
-@dataclass(frozen=True)
-class Plan:
-    loaded: LoadedScenario
-    controllers: dict[str, dict[str, Any]]  # entry name -> the controller's params
-    seed: int
-    out: Path
-    # entry name -> the scheduler it runs on (an entry `CONTROLLER@SCHEDULER` overrides server.scheduler)
-    schedulers: dict[str, str] = field(default_factory=dict)
-
-    def controller_of(self, entry: str) -> str:
-        return split_entry(entry)[0]
-
-    def scheduler_of(self, entry: str) -> str:
-        return self.schedulers.get(entry) or split_entry(entry)[1] or self.loaded.scenario.server.scheduler.name
-
-    def scenario_for(self, entry: str) -> LoadedScenario:
-        """The scenario an entry runs: the file's, with ``server.scheduler`` replaced for ``a@b`` when
-        ``b`` is not the file's scheduler (the new one with its default parameters)."""
-        scn = self.loaded.scenario
-        name = self.scheduler_of(entry)
-        if name == scn.server.scheduler.name:
-            return self.loaded
-        server = scn.server.model_copy(update={"scheduler": SchedulerSpec(name=name)})
-        return replace(self.loaded, scenario=scn.model_copy(update={"server": server}))
 
 
 def make_plan(scenario: str | Path, out: Path | None, names: list[str] | None, seed: int | None,
@@ -114,27 +86,9 @@ def make_plan(scenario: str | Path, out: Path | None, names: list[str] | None, s
     return Plan(loaded, chosen, seed, out or Path("results") / scn.name, used)
 
 
-def git_rev() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=False).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("tokenpace", "simpy", "numpy", "pydantic"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def run_info(plan: Plan, status: str = RUNNING, finished: Iterable[str] = ()) -> dict[str, Any]:
-    """What run.json says about a run of ``plan``."""
+    """What run.json says about a run of ``plan`` (:func:`analysis.results.write_run_json` adds where and
+    when it ran)."""
     scn = plan.loaded.scenario
     return {
         "mode": "sim",
@@ -148,41 +102,9 @@ def run_info(plan: Plan, status: str = RUNNING, finished: Iterable[str] = ()) ->
         "seed": plan.seed,
         "slo_qoe": scn.slo.qoe,
         "control_interval_s": scn.control_interval_s,
-        "versions": versions(),
-        "git_rev": git_rev(),
         "status": status,
         "finished": in_order(plan.controllers, finished),
     }
-
-
-def entry_info(plan: Plan, entry: str) -> dict[str, str]:
-    """Label and colour of an entry for plots and tables: its controller's, the label followed by
-    ``@ scheduler`` when the entry names one."""
-    controller = plan.controller_of(entry)
-    info = dict(controllers.display_info()[controller])
-    if split_entry(entry)[1] is not None:
-        info["label"] = f"{info.get('label', controller)} {ENTRY_SEP} {plan.scheduler_of(entry)}"
-        # one controller on several schedulers: shades of its colour, in the order the plan holds them
-        mine = [plan.scheduler_of(n) for n in plan.controllers if plan.controller_of(n) == controller]
-        shade = SHADES[mine.index(plan.scheduler_of(entry)) % len(SHADES)]
-        info["color"] = _shaded(info.get("color", "#333333"), shade)
-    return info
-
-
-SHADES = (0.0, -0.45, 0.45, -0.7, 0.7)  # toward black (< 0) or white (> 0)
-
-
-def _shaded(color: str, amount: float) -> str:
-    """``#rrggbb`` moved ``amount`` of the way toward white (> 0) or black (< 0)."""
-    if len(color) != 7 or not color.startswith("#"):
-        return color
-    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
-    rgb = [round(c + (255 - c) * amount) if amount > 0 else round(c * (1 + amount)) for c in rgb]
-    return "#" + "".join(f"{c:02x}" for c in rgb)
-
-
-def write_run_json(plan: Plan, status: str = RUNNING, finished: Iterable[str] = ()) -> None:
-    write_json_durably(plan.out / "run.json", run_info(plan, status, finished))
 
 
 def _note(message: str) -> None:
@@ -344,7 +266,7 @@ def run_plan(plan: Plan, jobs: int = 1, show_progress: bool = True,
             if (plan.out / name).is_dir():
                 shutil.rmtree(plan.out / name)
     (plan.out / "summary.json").unlink(missing_ok=True)  # written again at the end, never left stale
-    write_run_json(plan, RUNNING, kept)
+    write_run_json(plan.out, run_info(plan, RUNNING, kept), started=started_at(plan.out, keep=resume))
     if resume and kept:
         _note(f"--resume: {', '.join(kept)} finished already; "
               + (f"running {', '.join(to_run)}" if to_run else "nothing left to run, rewriting summary.json"))

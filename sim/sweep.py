@@ -38,13 +38,30 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
-from analysis.metrics import METRIC_KEYS
-from analysis.results import to_jsonable
+from analysis.results import (
+    COMPLETE,
+    INTERRUPTED,
+    RUNNING,
+    read_run_json,
+    sigterm_as_ctrl_c,
+    started_at,
+    to_jsonable,
+    write_json_durably,
+    write_run_json,
+)
 from analysis.seed004 import write_export
-from analysis.sweep import SWEEP_CSV, SWEEP_JSON, SWEEP_MODE, aggregate, csv_columns, sweep_table, value_text
+from analysis.sweep import (
+    SWEEP_CSV,
+    SWEEP_JSON,
+    SWEEP_MODE,
+    aggregate,
+    csv_columns,
+    sweep_metrics,
+    sweep_table,
+    value_text,
+)
 from scenarios.cli_errors import BadInput
-from sim.record import COMPLETE, INTERRUPTED, RUNNING, read_run_json, sigterm_as_ctrl_c, write_json_durably
-from sim.runner import Plan, entry_info, git_rev, versions
+from sim.model.entries import Plan, entry_info
 from sim.sweep_cell import run_cell, unpack_folder
 from sim.sweep_file import Cell, SweepPlan, load_sweep
 
@@ -87,6 +104,11 @@ def _row_cells(row: dict[str, Any], columns: list[str]) -> list[str]:
     return out
 
 
+def plan_metrics(plan: SweepPlan) -> tuple[str, ...]:
+    """The metrics of the sweep's rows: the prefix cache's counts too when a cell keeps a prefix cache."""
+    return sweep_metrics(any(c.loaded.scenario.server.prefix_cache is not None for c in plan.cells))
+
+
 def rows_of(plan: SweepPlan, cell: Cell, seed: int, summary: dict[str, Any]) -> list[dict[str, Any]]:
     """sweep.csv's rows of one run: one per entry, the metrics as summary.json holds them."""
     ctrls = summary.get("controllers") or {}
@@ -94,7 +116,7 @@ def rows_of(plan: SweepPlan, cell: Cell, seed: int, summary: dict[str, Any]) -> 
     for entry in plan.entries:
         metrics = ctrls.get(entry) or {}
         rows.append({"cell": cell.id, **{k: value_text(v) for k, v in cell.values.items()}, "controller": entry,
-                     "seed": seed, **{m: metrics.get(m) for m in METRIC_KEYS}})
+                     "seed": seed, **{m: metrics.get(m) for m in plan_metrics(plan)}})
     return rows
 
 
@@ -121,7 +143,7 @@ def write_csv_durably(path: Path, columns: list[str], rows: list[dict[str, Any]]
 
 
 def sweep_info(plan: SweepPlan, status: str, finished: list[str], backend: str, jobs: int) -> dict[str, Any]:
-    """What the sweep's run.json says."""
+    """What the sweep's run.json says (:func:`analysis.results.write_run_json` adds where and when it ran)."""
     probe = plan.run_plan(plan.cells[0], plan.seeds[0])
     return {
         "mode": SWEEP_MODE,
@@ -137,8 +159,6 @@ def sweep_info(plan: SweepPlan, status: str, finished: list[str], backend: str, 
         "controller_info": {e: entry_info(probe, e) for e in plan.entries},
         "backend": backend,
         "jobs": jobs,
-        "versions": versions(),
-        "git_rev": git_rev(),
         "status": status,
         "finished": finished,
     }
@@ -241,7 +261,7 @@ def run_sweep(plan: SweepPlan, backend: str = "local", jobs: int = 1, address: s
     todo = [(c, s) for c, s in order if (c.id, s) not in kept]
     for cell, seed in todo:  # a folder an interrupted run left is started over
         shutil.rmtree(plan.run_dir(cell, seed), ignore_errors=True)
-    columns = csv_columns(list(plan.grid))
+    columns = csv_columns(list(plan.grid), plan_metrics(plan))
     cell_of = {c.id: c for c in plan.cells}
     rows: list[dict[str, Any]] = []
     for (cid, seed), summary in kept.items():
@@ -254,7 +274,8 @@ def run_sweep(plan: SweepPlan, backend: str = "local", jobs: int = 1, address: s
 
     (plan.out / SWEEP_JSON).unlink(missing_ok=True)  # written again at the end, never left stale
     static = sweep_info(plan, RUNNING, [], backend, jobs)
-    write_json_durably(plan.out / "run.json", {**static, "finished": names()})
+    started = started_at(plan.out, keep=resume)
+    write_run_json(plan.out, {**static, "finished": names()}, started=started)
     write_csv_durably(plan.out / SWEEP_CSV, columns, _sort_rows(plan, rows))
     if resume and kept:
         print(f"{PROG}: --resume: {len(kept)} of {len(order)} runs finished already; running {len(todo)}",
@@ -302,9 +323,10 @@ def run_sweep(plan: SweepPlan, backend: str = "local", jobs: int = 1, address: s
             result = {"name": plan.name, "status": status, "grid": plan.grid, "grid_keys": list(plan.grid),
                       "seeds": plan.seeds,
                       "controllers": plan.entries, "ci_level": 0.95,
-                      "cells": aggregate(rows, [{"id": c.id, "values": c.values} for c in plan.cells], plan.entries)}
+                      "cells": aggregate(rows, [{"id": c.id, "values": c.values} for c in plan.cells], plan.entries,
+                                         plan_metrics(plan))}
             write_json_durably(plan.out / SWEEP_JSON, result)
-            write_json_durably(plan.out / "run.json", {**static, "status": status, "finished": names()})
+            write_run_json(plan.out, {**static, "status": status, "finished": names()}, started=started)
     for fmt in plan.exports:  # the sweep file's ``export``: seed 004's CSVs, once every run has finished
         write_export(plan.out, fmt)
     return result

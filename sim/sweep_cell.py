@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sim.runner import Plan, run_plan
+from sim.model.entries import Plan
+from sim.runner import run_plan
 
 __all__ = ["pack_folder", "run_cell", "unpack_folder"]
 

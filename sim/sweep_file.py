@@ -49,7 +49,7 @@ from scenarios.loader import (
 )
 from scenarios.traces import TraceError, load_mahimahi
 from sim.model import schedulers
-from sim.runner import Plan
+from sim.model.entries import Plan
 
 __all__ = ["MAX_RUNS", "Cell", "SweepPlan", "SweepSpec", "apply_values", "cell_ids", "load_sweep"]
 

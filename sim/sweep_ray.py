@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sim.record import sigterm_as_ctrl_c
-from sim.runner import Plan
+from analysis.results import sigterm_as_ctrl_c
+from sim.model.entries import Plan
 from sim.sweep_cell import run_cell
 
 OBJECT_STORE_BYTES = 256 << 20  # a local instance's shared memory: results are a summary each (or a tar)

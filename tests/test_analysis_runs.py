@@ -59,6 +59,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subprocess.run([sys.executable, "-m", "sim", str(TINY), "--seed", str(seed), "--out", str(out)],
                        check=True, cwd=REPO, capture_output=True, timeout=120)
     sim = root / "sims" / "tiny"
+    info = json.loads((sim / "run.json").read_text(encoding="utf-8"))
+    del info["started_at"]  # a run.json from before started_at: dated by its mtime
+    _json(sim / "run.json", info)
     live = root / "live" / "l1"  # python -m live --record: no summary.json yet
     shutil.copytree(sim / "fixed", live / "fixed")
     _json(live / "run.json", {"mode": "live", "scenario": {"name": "live"}, "controllers": ["fixed"],
@@ -108,6 +111,7 @@ def test_list_names_every_run_with_its_mode_and_status(pristine: Path, capsys: p
     assert rows["sims/tiny"]["controllers"] == ["unpaced", "fixed"]
     assert rows["sims/tiny"]["scenario"] == "fuzz-tiny"
     assert rows["sims/tiny"]["date_source"] == "run.json mtime"
+    assert rows["sims/tiny-s12"]["date_source"] == "started_at"
     assert rows["live/l1"]["date"] == OLD.replace("Z", "+00:00")
     future = datetime.fromtimestamp(round(NOW - 20 * DAY), UTC).isoformat()
     assert rows["other/future"]["date"] == future  # seconds since the epoch

@@ -24,13 +24,6 @@ PACKAGES = ("sim", "live", "controllers", "scenarios", "analysis")
 # (importing module, imported module): what issue #13 still has to move. Each goes once its target moves
 # where both halves may import it (sim/model/ or analysis/results/).
 KNOWN: dict[tuple[str, str], str] = {
-    ("live.cli", "sim.record"): "run.json writing lives in sim/record.py (to analysis/results/)",
-    ("live.lab", "sim.record"): "run.json writing lives in sim/record.py (to analysis/results/)",
-    ("live.recorder", "sim.record"): "the recorder's shared rows live in sim/record.py (to analysis/results/)",
-    ("live.lab", "sim.runner"): "entry resolution (scheduler per entry) lives in the sim runner",
-    ("live.client", "sim.client"): "the reader model is SimPy-driven in sim/client.py (to sim/model/)",
-    ("live.tunlink", "sim.link"): "the path model is written in sim/link.py (to sim/model/path)",
-    ("live.tunlink", "sim.network"): "path construction is in sim/network.py (to sim/model/path)",
 }
 
 

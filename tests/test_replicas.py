@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.results import load_controller_dir
+from analysis.results import REPLICAS_COLUMNS, load_controller_dir
 from scenarios import ScenarioError, parse_scenario
 from scenarios.loader import LoadedScenario
 from scenarios.schema import ServerSpec
 from sim.model import router as routers
 from sim.model.serving import Sequence, ServingCore
 from sim.model.workload import draw_requests
-from sim.record import REPLICAS_COLUMNS
 from sim.world import run_controller
 
 

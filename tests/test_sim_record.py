@@ -102,7 +102,7 @@ def test_fast_observation_is_the_dataclass_itself():
     import dataclasses
 
     from controllers import Observation
-    from sim.stream import _OBSERVATION_FIELDS, _observation
+    from sim.model.control import _OBSERVATION_FIELDS, _observation
 
     values = (1.5, "s0007", None, 20.25, 31.0, 2, 10, 400, 1200, 17, 23, 12.5, -0.75)
     fast, plain = _observation(*values), Observation(*values)

@@ -184,7 +184,10 @@ def test_a_shipped_run_unpacks_to_the_same_files(tmp_path: Path) -> None:
     files = sorted(p.relative_to(direct.out) for p in direct.out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "shipped") for p in (tmp_path / "shipped").rglob("*")
                            if p.is_file())
-    assert all((direct.out / f).read_bytes() == (tmp_path / "shipped" / f).read_bytes() for f in files)
+    assert all((direct.out / f).read_bytes() == (tmp_path / "shipped" / f).read_bytes() for f in files
+               if f.name != "run.json")
+    runs = [json.loads((d / "run.json").read_text(encoding="utf-8")) for d in (direct.out, tmp_path / "shipped")]
+    assert [{**r, "started_at": None} for r in runs] == [{**runs[0], "started_at": None}] * 2  # each its own start
     assert Path("unpaced/tokens.csv") in files
 
 
