@@ -46,7 +46,8 @@ PROG = "python -m sim"
 EPILOG = (
     "Other commands: `python -m sim check SCENARIO` validates a scenario (and --controllers) without running it; "
     "`python -m sim schema` prints the scenario JSON Schema; `python -m sim list` lists built-in scenarios and "
-    "controllers. Plots and a report: `python -m analysis DIR`. Bad input exits 2 with one line per problem; "
+    "controllers; `python -m sim stability SCENARIO` the largest arrival rate the node sustains (fluid fixed "
+    "point). Plots and a report: `python -m analysis DIR`. Bad input exits 2 with one line per problem; "
     f"an internal error exits 1 with one line: add --debug anywhere (or set {DEBUG_ENV}=1) for its traceback."
 )
 
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip controllers whose results a previous interrupted run of the same scenario and seed "
                    "already finished; see run.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.add_argument("--engine", choices=("discrete", "fluid"), default="discrete",
+                   help="discrete: the packet-level simulator (default); fluid: the ODE model of sim/fluid/ "
+                   "(fcfs; controllers unpaced, fixed, buffer; summary.json without per-stream metrics: "
+                   "qoe, slo_attainment, ttft and itl quantiles and mean_rate_tps are null, "
+                   "ttft_mean_s and kv_mean_tokens are added; server.csv and links.csv as time series)")
     return p
 
 
@@ -284,7 +290,26 @@ def _run(argv: list[str]) -> int:
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     seed = None if args.seed is None else int(args.seed)
+    if args.engine == "fluid" and names is None:
+        # the scenario's controllers that are laws of the fluid state (the others are said, not run)
+        from sim.fluid.pacing import SUPPORTED
+
+        listed = list(loaded.scenario.controllers) if loaded is not None else []
+        names = [n for n in listed if n in SUPPORTED] or ["unpaced"]
+        skipped = [n for n in listed if n not in SUPPORTED]
+        if skipped and not args.quiet:
+            print(f"{PROG}: --engine fluid runs {', '.join(names)}; not {', '.join(skipped)} (not laws of the "
+                  f"fluid state: use --engine discrete)", file=sys.stderr)
     plan = make_plan(args.scenario, args.out, names, seed, scheds)
+    if args.engine == "fluid":
+        from sim.fluid.run import run_fluid_plan
+
+        summary, sim_s, wall_s = run_fluid_plan(plan)
+        if not args.quiet:
+            console.print(format_table(summary))
+            console.print(f"fluid engine: {sim_s:.0f} simulated s in {wall_s:.1f} s; results in {plan.out}/",
+                          highlight=False)
+        return 0
     summary, stats = run_plan(plan, jobs=int(args.jobs), show_progress=not args.quiet and sys.stderr.isatty(),
                               resume=args.resume)
     if not args.quiet:
@@ -329,6 +354,10 @@ def _main(argv: list[str]) -> int:
         return _capacity(argv[1:])
     if argv[:1] == ["sweep"]:
         return _sweep(argv[1:])
+    if argv[:1] == ["stability"]:
+        from sim.fluid.stability import main_stability
+
+        return main_stability(argv[1:])
     return _run(argv)
 
 
