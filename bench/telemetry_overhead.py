@@ -25,8 +25,8 @@ import statistics
 import threading
 import time
 
-from live.netns import VethPair, veth_pair
-from live.telemetry import BccTelemetry, bpf_run_stats
+from live.kernel.netns import VethPair, veth_pair
+from live.kernel.telemetry import BccTelemetry, bpf_run_stats
 
 PORT = 5201  # iperf3's
 

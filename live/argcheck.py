@@ -319,7 +319,7 @@ def _unwritable(path: Path) -> str | None:
 def environment_problems(*, root: bool = False, telemetry: bool = False, tools: Iterable[str] = (),
                          tun: bool = False, telemetry_hint: str = "") -> list[tuple[str, str]]:
     """What this machine lacks for live mode, each with its fix (what ``python -m live doctor`` checks)."""
-    from live import doctor
+    from live.kernel import doctor
 
     found: list[tuple[str, str]] = []
     if root or telemetry:

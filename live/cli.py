@@ -83,7 +83,7 @@ def validate(argv: Sequence[str]) -> Plan:
     command = argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else "serve"
     rest = argv[1:] if command != "serve" else argv
     if command == "doctor":
-        from live import doctor
+        from live.kernel import doctor
 
         doctor.parser().parse_args(rest)
         return Plan("doctor", rest, doctor.main)
@@ -92,11 +92,11 @@ def validate(argv: Sequence[str]) -> Plan:
     if command == "client":
         return Plan("client", _validate_client(rest), _start_client)
     if command == "lab":
-        from live import lab
+        from live.lab import lab
 
         return Plan("lab", lab.validate(rest), lab.run)
     if command == "dashboard":
-        from live import dashboard
+        from live.dashboard import launch as dashboard
 
         return Plan("dashboard", dashboard.validate(rest), dashboard.run)
     return Plan("serve", _validate_serve(rest), _start_serve)
@@ -178,7 +178,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    config: Any  # live.server.LiveConfig
+    config: Any  # live.serve.config.LiveConfig
     iface: str
     faults: list[Any]
     base: Any  # the scenario path's PathSpec played under the faults, or None
@@ -260,7 +260,7 @@ def _scheduler(args: argparse.Namespace, loaded: Any, problems: Problems) -> Any
 def _live_config(args: argparse.Namespace, loaded: Any,
                  scheduler: Any = None) -> tuple[Any, list[tuple[str, str]]]:
     """The server's LiveConfig, or the problems pydantic found that the flag checks did not."""
-    from live.server import LiveConfig
+    from live.serve.config import LiveConfig
     from scenarios.schema import ServerSpec
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port, "record_dir": args.record,
@@ -301,7 +301,7 @@ def _start_serve(cfg: ServeConfig) -> int:
         raise BadInput.many(missing)
     telemetry = None
     if cfg.telemetry:
-        from live.telemetry import BccTelemetry
+        from live.kernel.telemetry import BccTelemetry
 
         def telemetry(port: int) -> BccTelemetry:
             tel = BccTelemetry(ports=[port], interval_s=config.control_interval_s)
@@ -318,8 +318,8 @@ def _start_serve(cfg: ServeConfig) -> int:
     from contextlib import ExitStack
 
     from analysis.results import sigterm_as_ctrl_c
-    from live.faults import FaultPlayer, UnsupportedFault
-    from live.server import serve
+    from live.kernel.faults import FaultPlayer, UnsupportedFault
+    from live.serve.app import serve
 
     player: FaultPlayer | None = None
 
@@ -379,7 +379,7 @@ def _listen_error(exc: OSError, config: Any) -> BaseException:
 # --------------------------------------------------------------------------- cleanup
 @dataclass(frozen=True)
 class CleanupConfig:
-    iface: str | None  # None: only what live.leftovers finds (stale namespaces, orphaned processes)
+    iface: str | None  # None: only what live.kernel.leftovers finds (stale namespaces, orphaned processes)
     netns: str | None
 
 
@@ -388,7 +388,7 @@ def _validate_cleanup(argv: list[str]) -> CleanupConfig:
                                 description="Remove what a killed run left behind: the qdiscs and nftables rules "
                                 "tokenpace created on an interface (--iface), and always the network namespaces, TUN "
                                 "links and processes of a killed lab, bench or test whose creator is gone "
-                                "(live/leftovers.py). Nothing else is touched.")
+                                "(live/kernel/leftovers.py). Nothing else is touched.")
     p.add_argument("--iface", help="remove tokenpace's qdiscs and nftables rules from this interface")
     p.add_argument("--netns", help="the interface lives in this network namespace")
     args = p.parse_args(argv)
@@ -422,11 +422,11 @@ def _start_cleanup(cfg: CleanupConfig) -> int:
     missing = environment_problems(root=True, tools=("tc", "ip"))
     if missing:
         raise BadInput.many(missing)
-    from live.leftovers import remove_stale
+    from live.kernel.leftovers import remove_stale
 
     rc = 0
     if cfg.iface is not None:
-        from live.faults import cleanup_main
+        from live.kernel.faults import cleanup_main
 
         rc = cleanup_main(cfg.iface, cfg.netns)
     if not remove_stale() and cfg.iface is None:
@@ -499,8 +499,8 @@ def _validate_client(argv: list[str]) -> ClientConfig:
 
 
 def _start_client(cfg: ClientConfig) -> int:
-    from live.client import run_load
-    from live.lab import parse_epoch_line
+    from live.lab.protocol import parse_epoch_line
+    from live.loadgen.client import run_load
 
     async def t0_from_stdin() -> float:
         print("READY", flush=True)

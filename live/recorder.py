@@ -63,7 +63,7 @@ from analysis.results import (
 )
 
 if TYPE_CHECKING:
-    from live.pacing import PacedStream
+    from live.serve.pacing import PacedStream
 
 __all__ = [
     "CLIENT_STREAMS",

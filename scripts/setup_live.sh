@@ -3,7 +3,7 @@
 # Idempotent and non-interactive; run as root. Each step says what it does, or that nothing was needed.
 #   - installs python3-bpfcc bpfcc-tools linux-headers-<arch> iperf3 iproute2 nftables chromium (the
 #     dashboard test's headless browser) user-mode-linux kmod (a kernel with sch_netem that runs as a
-#     program, and the insmod that loads it: `python -m live.uml` checks the netem fault backend in
+#     program, and the insmod that loads it: `python -m live.kernel.uml` checks the netem fault backend in
 #     it when this kernel has no sch_netem) if any is missing
 #   - links /lib/modules/$(uname -r)/{build,source} to the installed headers when the running kernel
 #     has none of its own (custom kernels: BCC only needs *some* headers, the tracepoint layouts come

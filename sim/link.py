@@ -1,7 +1,7 @@
 """The simulator's side of the network path: the bottleneck and the reverse path as SimPy events.
 
 The path model itself -- capacity, loss, the drop-tail FIFO virtual queue -- is clock-free and lives
-in ``sim.model.path``; live mode's user-space link (``live.tunlink``) runs the same objects. Here a
+in ``sim.model.path``; live mode's user-space link (``live.lab.tunlink``) runs the same objects. Here a
 `Link` offers each packet to a ``Bottleneck`` and turns its arrival time into one scheduled event
 (nothing runs per packet in the background), and `DelayLine` is the reverse (ACK) path: a fixed
 delay, no queue, no loss.

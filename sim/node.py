@@ -5,7 +5,7 @@ lives in ``sim/model/serving.py`` with time passed in; this module only lets sim
 ``plan(env.now)``, a timeout of the step's duration, ``finish(step, env.now)``; when nothing can
 step, sleep until ``next_ready`` or a wake-up (arrival, cancel, a new rate).
 
-The live engine (``live/engine.py``) drives the same core from an asyncio task. The node's state is
+The live engine (``live/serve/backends/engine.py``) drives the same core from an asyncio task. The node's state is
 the core's: ``node.core.running``, ``node.core.kv_used``, ``node.core.all_seqs``, ...
 """
 

@@ -56,7 +56,7 @@ def live_unavailable_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"`{tool}` not found (run scripts/setup_live.sh)"
     try:
-        from live.telemetry import import_bcc, tracefs_dir, tracepoint_has_field
+        from live.kernel.telemetry import import_bcc, tracefs_dir, tracepoint_has_field
 
         import_bcc()
     except ImportError as exc:
@@ -108,8 +108,8 @@ def live() -> None:
 
 @pytest.fixture
 def veth(live: None) -> Iterator[object]:
-    """A fresh pair of network namespaces joined by veth (``live.netns.VethPair``), removed afterwards."""
-    from live.netns import veth_pair
+    """A fresh pair of network namespaces joined by veth (``live.kernel.netns.VethPair``), removed afterwards."""
+    from live.kernel.netns import veth_pair
 
     with veth_pair() as pair:
         yield pair
@@ -135,8 +135,8 @@ class BulkFlow:
         self._lsock: socket.socket | None = None
 
     def start(self) -> BulkFlow:
-        from live.netns import in_netns
-        from live.source import socket_cookie
+        from live.kernel.netns import in_netns
+        from live.kernel.source import socket_cookie
 
         pair = self.pair
         with in_netns(pair.ns_a):

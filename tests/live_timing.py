@@ -25,7 +25,7 @@ def free_port_in(ns: str) -> int:
     between this call and the test's own bind. Never hard-code or draw ports at random from Linux's
     ephemeral range (32768-60999): another process' outgoing connection may hold it.
     """
-    from live.netns import in_netns
+    from live.kernel.netns import in_netns
 
     with in_netns(ns):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -21,7 +21,7 @@ from cli_fuzz import Ended, argv_token, call_main, file_bytes, run_module, yaml_
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import live.doctor
+import live.kernel.doctor
 from live.cli import Plan, main
 from scenarios.cli_errors import run_cli
 
@@ -354,11 +354,11 @@ def test_valid_command_lines_validate_to_the_plan_they_describe(area):  # type: 
 
 # --------------------------------------------------------------------------- the real start, up to its refusal
 def _lacking(name: str):  # type: ignore[no-untyped-def]
-    return lambda: live.doctor.Check(name, "FAIL", f"{name} missing in this test", "the fix")
+    return lambda: live.kernel.doctor.Check(name, "FAIL", f"{name} missing in this test", "the fix")
 
 
 def test_missing_privileges_or_bcc_refuse_before_anything_starts(monkeypatch, area):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(live.doctor, "check_privileges", _lacking("privileges"))
+    monkeypatch.setattr(live.kernel.doctor, "check_privileges", _lacking("privileges"))
     port = free_port()
     for argv, want in (
         (["--iface", "lo", "--port", str(port)], "error: needs root privileges (privileges missing in this test): "
@@ -370,7 +370,7 @@ def test_missing_privileges_or_bcc_refuse_before_anything_starts(monkeypatch, ar
         assert errors(ended)[0].startswith(want), (argv, ended.err)
         assert not area["new"].exists()
     monkeypatch.undo()
-    monkeypatch.setattr(live.doctor, "check_bcc", _lacking("bcc"))
+    monkeypatch.setattr(live.kernel.doctor, "check_bcc", _lacking("bcc"))
     ended = call_main(main, ["--iface", "lo", "--port", str(port)]).check(allowed=(2,))
     assert errors(ended) == ["error: bcc is not importable: run `python -m live doctor` (fix: the fix), "
                              "or pass --no-telemetry"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from controllers import Controller, Decision, Observation
-from live.pacing import ConnState, NullTelemetry, PacedStream, PacingLoop
-from live.source import SocketStats
+from live.kernel.source import SocketStats
+from live.serve.pacing import ConnState, NullTelemetry, PacedStream, PacingLoop
 from scenarios import parse_scenario
 from scenarios.loader import LoadedScenario
 from sim.model.control import StreamControl, TransportSnapshot

@@ -4,6 +4,11 @@
 * ``sim.model`` (the clock-free model) imports only ``controllers`` and ``scenarios`` besides itself;
 * ``live`` may import ``sim.model``, never the SimPy side of ``sim``;
 * ``analysis`` imports neither ``sim`` nor ``live``;
+* inside ``live``, the subsystems import each other one way only (``LIVE_ALLOWED``): ``kernel`` imports no
+  other part of live; ``serve`` only ``kernel`` (the telemetry seam) and the recorder; the load generator
+  only the SSE wire format (``live.serve.sse``) and the recorder, never the server's internals; the
+  dashboard only the argument checks; the lab ``kernel``, ``serve``, the recorder and the argument checks.
+  The top-level modules (``cli``, ``argcheck``, ``recorder``) are shared by all and may import any of them;
 * no import cycle between modules (imports at module level; a function-level import is how a module
   defers one on purpose).
 
@@ -20,6 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("sim", "live", "controllers", "scenarios", "analysis")
+# live's subsystems: what each may import of live besides itself (a module or a package, with what is under it)
+LIVE_ALLOWED: dict[str, tuple[str, ...]] = {
+    "live.kernel": (),
+    "live.serve": ("live.kernel", "live.recorder"),
+    "live.loadgen": ("live.serve.sse", "live.recorder"),
+    "live.dashboard": ("live.argcheck",),
+    "live.lab": ("live.kernel", "live.serve", "live.recorder", "live.argcheck"),
+}
 
 # (importing module, imported module): what issue #13 still has to move. Each goes once its target moves
 # where both halves may import it (sim/model/ or analysis/results/).
@@ -52,9 +65,18 @@ def sources() -> list[Path]:
     return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def rule_broken(src: str, dst: str) -> str | None:
     """Which rule ``src`` importing ``dst`` breaks, if any."""
     top, dst_top = src.split(".")[0], dst.split(".")[0]
+    subsystem = ".".join(src.split(".")[:2])
+    if subsystem in LIVE_ALLOWED and dst_top == "live" and not within(dst, subsystem):
+        allowed = LIVE_ALLOWED[subsystem]
+        if not any(within(dst, p) for p in allowed):
+            return f"{subsystem} imports of live only {', '.join(allowed) or 'nothing'}"
     if top in ("controllers", "scenarios") and dst_top != top:
         return f"{top} imports nothing else of ours"
     if (src == "sim.model" or src.startswith("sim.model.")) and dst_top not in ("controllers", "scenarios") \
@@ -138,7 +160,17 @@ def test_the_checks_catch_what_they_should() -> None:
     assert rule_broken("scenarios.loader", "controllers") is not None
     assert rule_broken("sim.model.serving", "sim.node") is not None
     assert rule_broken("sim.model.serving", "controllers") is None
-    assert rule_broken("live.engine", "sim.model.serving") is None
-    assert rule_broken("live.engine", "sim.node") is not None
+    assert rule_broken("live.serve.backends.engine", "sim.model.serving") is None
+    assert rule_broken("live.serve.backends.engine", "sim.node") is not None
     assert rule_broken("analysis.metrics", "sim.model") is not None
-    assert rule_broken("sim.world", "live.engine") is None  # sim's SimPy side is not restricted by these rules
+    assert rule_broken("sim.world", "live.serve.backends.engine") is None  # sim's SimPy side is not restricted here
+    assert rule_broken("live.kernel.faults", "live.lab.tunlink") is not None
+    assert rule_broken("live.kernel.leftovers", "live.kernel.netns") is None
+    assert rule_broken("live.serve.pacing", "live.kernel.source") is None
+    assert rule_broken("live.serve.app", "live.lab.lab") is not None
+    assert rule_broken("live.loadgen.client", "live.serve.sse") is None
+    assert rule_broken("live.loadgen.client", "live.serve.app") is not None
+    assert rule_broken("live.dashboard.app", "live.serve.pacing") is not None
+    assert rule_broken("live.lab.lab", "live.serve.config") is None
+    assert rule_broken("live.lab.lab", "live.loadgen.client") is not None
+    assert rule_broken("live.cli", "live.loadgen.client") is None  # the top-level modules are shared

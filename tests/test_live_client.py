@@ -13,11 +13,12 @@ import pytest
 
 from analysis.metrics import summarize_run
 from analysis.results import load_run, read_csv
-from live.client import LiveReader, run_load
-from live.pacing import PacingLoop
+from live.kernel.source import FakeTelemetry, SocketStats
+from live.loadgen.client import LiveReader, run_load
 from live.recorder import merge_live_run
-from live.server import LiveConfig, running_server
-from live.source import FakeTelemetry, SocketStats
+from live.serve.app import running_server
+from live.serve.config import LiveConfig
+from live.serve.pacing import PacingLoop
 from scenarios import Scenario
 from sim.model.reader import ABANDONED, COMPLETED
 

@@ -1,4 +1,4 @@
-"""``live.crosstraffic``: the simulator's bulk cross traffic as real TCP flows between two namespaces.
+"""``live.lab.crosstraffic``: the simulator's bulk cross traffic as real TCP flows between two namespaces.
 
 The live tests shape the veth to 10 Mbit/s (tbf on side a's egress, the direction of the flows), so
 the flows are limited by a bottleneck as in a scenario and the machine is not loaded with Gbit/s of
@@ -49,7 +49,7 @@ def _spec(**kw):
 def test_help_explains_both_subcommands():
     texts = {}
     for sub in ("", "sink", "send"):
-        proc = subprocess.run([sys.executable, "-m", "live.crosstraffic", *sub.split(), "--help"],
+        proc = subprocess.run([sys.executable, "-m", "live.lab.crosstraffic", *sub.split(), "--help"],
                               capture_output=True, text=True, env=_env(), timeout=20)
         assert proc.returncode == 0, proc.stderr
         texts[sub] = " ".join(proc.stdout.split())
@@ -59,7 +59,7 @@ def test_help_explains_both_subcommands():
 
 
 def test_unknown_cc_exits_2_naming_it():
-    proc = subprocess.run([sys.executable, "-m", "live.crosstraffic", "send", "--to", "127.0.0.1:1", "--flows", "1",
+    proc = subprocess.run([sys.executable, "-m", "live.lab.crosstraffic", "send", "--to", "127.0.0.1:1", "--flows", "1",
                            "--start-s", "0", "--stop-s", "1", "--cc", "nosuchcc"],
                           capture_output=True, text=True, env=_env(), timeout=20, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
@@ -70,9 +70,9 @@ def test_unknown_cc_exits_2_naming_it():
 
 def test_connect_failure_is_reported_in_the_exit_json():
     """Nothing listens on 127.0.0.1:1 (loopback, root namespace: no traffic leaves the machine)."""
-    from live.lab import epoch_line
+    from live.lab.protocol import epoch_line
 
-    proc = subprocess.Popen([sys.executable, "-m", "live.crosstraffic", "send", "--to", "127.0.0.1:1",
+    proc = subprocess.Popen([sys.executable, "-m", "live.lab.crosstraffic", "send", "--to", "127.0.0.1:1",
                              "--flows", "2", "--start-s", "0", "--stop-s", "0.3", "--cc", "reno"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env())
@@ -88,7 +88,7 @@ def test_connect_failure_is_reported_in_the_exit_json():
 
 @pytest.mark.live
 def test_two_reno_flows_from_start_to_stop(veth):
-    from live.crosstraffic import cross_traffic
+    from live.lab.crosstraffic import cross_traffic
 
     _shape(veth)
     ss_out = ""
@@ -125,7 +125,7 @@ def test_two_reno_flows_from_start_to_stop(veth):
 @pytest.mark.live
 def test_endless_flows_stop_with_the_context_even_on_interrupt(veth):
     """stop_s None: the flows run until the context exits -- here by a KeyboardInterrupt."""
-    from live.crosstraffic import cross_traffic
+    from live.lab.crosstraffic import cross_traffic
 
     _shape(veth)
     procs = ()
@@ -153,7 +153,7 @@ def test_endless_flows_stop_with_the_context_even_on_interrupt(veth):
 
 @pytest.mark.live
 def test_never_started_sender_exits_without_flows(veth):
-    from live.crosstraffic import cross_traffic
+    from live.lab.crosstraffic import cross_traffic
 
     with cross_traffic(veth, _spec(flows=1, start_s=0.0, stop_s=1.0, cc="reno"), server_addr=veth.addr_a,
                        client_addr=veth.addr_b, port=PORT) as ct:

@@ -17,10 +17,10 @@ import pytest
 from conftest import live_import
 
 from analysis.results import TELEMETRY_COLUMNS
-from live import dashboard_data as dd
+from live.dashboard import data as dd
 
 PY = sys.executable
-APP = Path(dd.__file__).with_name("dashboard_app.py")
+APP = Path(dd.__file__).with_name("app.py")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -207,7 +207,7 @@ def test_server_counters_from_a_real_metrics_page():
     live_import("prometheus_client")
     from prometheus_client import generate_latest
 
-    from live.pacing import LiveMetrics
+    from live.serve.pacing import LiveMetrics
 
     m = LiveMetrics()
     m.tokens_generated.inc(120)
@@ -274,7 +274,7 @@ def test_dashboard_command_rejects_a_missing_recording(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --record: ") and str(missing) in err and "no such directory" in err
     assert main(["dashboard", "--record", str(tmp_path), "--metrics-url", "localhost:8000"]) == 2
-    from live.dashboard import parser, streamlit_argv
+    from live.dashboard.launch import parser, streamlit_argv
 
     argv = streamlit_argv(parser().parse_args(["--record", str(tmp_path), "--port", "8600", "--metrics-url", "http://x:1"]))
     assert argv[1:5] == ["-m", "streamlit", "run", str(APP)]

@@ -30,7 +30,7 @@ import pytest
 import simpy
 
 from controllers import Decision, Observation
-from live.engine import LiveEngine, LiveSequence
+from live.serve.backends.engine import LiveEngine, LiveSequence
 from scenarios.schema import ServerSpec
 from sim.model.schedulers.fcfs import Fcfs
 from sim.model.serving import CANCELLED, FINISHED, Sequence

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from live.cli import validate
-from live.server import LiveConfig, running_server
+from live.serve.app import running_server
+from live.serve.config import LiveConfig
 from scenarios.cli_errors import BadInput
 from scenarios.schema import SchedulerSpec, ServerSpec
 from sim.model import schedulers

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from live.faults import (
+from live.kernel.faults import (
     FILTER_PREF,
     STATE_DIR,
     FaultPlayer,
@@ -159,7 +159,7 @@ def test_player_refuses_a_root_qdisc_it_did_not_install(veth):
 
 PLAYER_SCRIPT = textwrap.dedent("""
     import sys, time
-    from live.faults import FaultPlayer
+    from live.kernel.faults import FaultPlayer
     from scenarios.schema import LossFault, RateFault
     faults = [LossFault(kind="loss", at_s=0, duration_s=60, p=0.1),
               RateFault(kind="rate", at_s=0, duration_s=60, rate_mbps=3)]
@@ -171,7 +171,7 @@ PLAYER_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.live
 def test_sigterm_cleans_up_and_cleanup_main_removes_leftovers_of_a_kill(veth):
-    from live.faults import cleanup_main
+    from live.kernel.faults import cleanup_main
 
     for sig, backend in ((signal.SIGTERM, "fallback"), (signal.SIGKILL, "fallback"), (signal.SIGKILL, "fallback-nft")):
         proc = subprocess.Popen([sys.executable, "-c", PLAYER_SCRIPT, veth.if_a, veth.ns_a, backend],
@@ -200,7 +200,7 @@ def test_sigterm_cleans_up_and_cleanup_main_removes_leftovers_of_a_kill(veth):
 # --------------------------------------------------------------------------- live: the dropper's statistics
 def udp_losses(pair, n: int = 20000) -> list[bool]:
     """Send n numbered datagrams a -> b; which were lost, in order."""
-    from live.netns import in_netns
+    from live.kernel.netns import in_netns
 
     with in_netns(pair.ns_b):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

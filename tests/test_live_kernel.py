@@ -19,10 +19,10 @@ import pytest
 from live_timing import binomial_min_n, free_port_in, wait_until
 
 import controllers
-from live.netdata import COLUMNS, NetDataAggregator, NetDataWriter
-from live.pacing import ConnState, NullTelemetry, PacedStream, PacingLoop
-from live.source import SocketStats
-from live.telemetry import HostInterval, RttHistogram
+from live.kernel.netdata import COLUMNS, NetDataAggregator, NetDataWriter
+from live.kernel.source import SocketStats
+from live.kernel.telemetry import HostInterval, RttHistogram
+from live.serve.pacing import ConnState, NullTelemetry, PacedStream, PacingLoop
 
 INTERVAL_S = 0.1  # the scenario default control interval
 
@@ -125,7 +125,7 @@ class FakeKernel:
 
 
 def test_drain_turns_cumulative_maps_into_interval_stats():
-    from live.telemetry import BccTelemetry
+    from live.kernel.telemetry import BccTelemetry
 
     kernel = FakeKernel()
     tel = BccTelemetry([8000], INTERVAL_S, idle_timeout_s=0.05)
@@ -176,8 +176,8 @@ def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(v
     probe's retransmits and the packets the dropper passed and dropped (its counters are the truth
     about what was lost), so retransmits are judged against drops, and against the clean period's
     rate of retransmits per packet in the same run (a loaded machine makes a few spurious ones)."""
-    from live.faults import FaultPlayer
-    from live.telemetry import BccTelemetry
+    from live.kernel.faults import FaultPlayer
+    from live.kernel.telemetry import BccTelemetry
     from scenarios.schema import LossFault
 
     port = free_port_in(veth.ns_a)
@@ -249,8 +249,8 @@ def test_probe_sees_retransmits_under_loss_and_ewma_slows_within_two_intervals(v
 
 @pytest.mark.live
 def test_tbf_rate_cut_raises_srtt_and_matches_ss(veth, bulk_flow):
-    from live.faults import FaultPlayer
-    from live.telemetry import BccTelemetry
+    from live.kernel.faults import FaultPlayer
+    from live.kernel.telemetry import BccTelemetry
     from scenarios.schema import RateFault
 
     port = free_port_in(veth.ns_a)
@@ -300,13 +300,13 @@ def test_tbf_rate_cut_raises_srtt_and_matches_ss(veth, bulk_flow):
 def test_probe_snd_una_lags_one_ack_and_the_socket_count_does_not(live):
     """``tcp:tcp_probe`` fires before the ACK it sees is processed, so its snd_una misses the latest ACK
     -- for a stream that goes quiet, for good. The server therefore takes acked bytes from the socket
-    (SIOCOUTQ, ``live.pacing.ConnState.sync_kernel``), which is current."""
+    (SIOCOUTQ, ``live.serve.pacing.ConnState.sync_kernel``), which is current."""
     import socket
     import threading
 
-    from live.pacing import SIOCOUTQ, _ioctl_int
-    from live.source import socket_cookie
-    from live.telemetry import BccTelemetry
+    from live.kernel.source import socket_cookie
+    from live.kernel.telemetry import BccTelemetry
+    from live.serve.pacing import SIOCOUTQ, _ioctl_int
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))  # the kernel's choice of a free port: nobody else holds it
@@ -349,4 +349,4 @@ def test_probe_snd_una_lags_one_ack_and_the_socket_count_does_not(live):
                 s.close()
     print(f"\nwritten {written} B; probe's snd_una advanced {probe_acked} B; socket says {socket_acked} B acked")
     assert socket_acked == written
-    assert probe_acked == written - 256, "tcp_probe no longer lags one ACK: revisit live.pacing's module doc"
+    assert probe_acked == written - 256, "tcp_probe no longer lags one ACK: revisit live.serve.pacing's module doc"

@@ -113,7 +113,7 @@ def test_lab_rejects_bad_input(live, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def test_trace_path_becomes_a_100ms_rate_schedule_and_unsupported_parts_are_named():
-    from live.lab import TRACE_BIN_S, plan_path
+    from live.lab.lab import TRACE_BIN_S, plan_path
     from scenarios import load_scenario
 
     loaded = load_scenario("cellular-trace")

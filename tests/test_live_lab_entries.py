@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from live import lab
+from live.lab import lab
 from scenarios.cli_errors import BadInput
 
 PY = sys.executable

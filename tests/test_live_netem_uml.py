@@ -1,11 +1,11 @@
 """The netem fault backend, run for real: every fault kind of the scenario schema, applied through
-``live.faults.FaultPlayer(backend="netem")`` inside a user-mode-linux kernel that has sch_netem, and
-each effect measured on the far end of a veth pair (``live/uml.py`` boots it and measures).
+``live.kernel.faults.FaultPlayer(backend="netem")`` inside a user-mode-linux kernel that has sch_netem, and
+each effect measured on the far end of a veth pair (``live/kernel/uml.py`` boots it and measures).
 
 This host kernel has no sch_netem, and users' stock kernels do: without this test the backend they
 get would never have run. One boot (about a minute; two on a busy 2-core host) serves every test here;
 each figure is judged against the guest's own no-fault baseline from the same boot, and each
-statistical band is sized in ``live/uml.py`` so that it cannot flake (the arithmetic is there).
+statistical band is sized in ``live/kernel/uml.py`` so that it cannot flake (the arithmetic is there).
 With ``TOKENPACE_REQUIRE_LIVE=1`` a missing UML fails instead of skipping (``scripts/setup_live.sh``
 installs it).
 """
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from conftest import require_live, unavailable
 
-from live import uml
-from live.faults import QDISC_HANDLE
+from live.kernel import uml
+from live.kernel.faults import QDISC_HANDLE
 from tests.cli_fuzz import call_main
 
 PHASES = ("delay", "jitter", "loss", "gilbert_elliott", "rate", "outage", "transition")
@@ -227,8 +227,8 @@ def test_cli_refuses_bad_flags_and_the_guest_command_on_the_host() -> None:
 
 @pytest.mark.live
 def test_doctor_tells_a_user_without_netem_how_to_run_this_check(live: None) -> None:
-    from live.doctor import check_netem
-    from live.faults import netem_available
+    from live.kernel.doctor import check_netem
+    from live.kernel.faults import netem_available
 
     c = check_netem()
     if netem_available():
@@ -243,8 +243,8 @@ def test_netem_applier_lifts_a_rate_it_no_longer_wants(monkeypatch: pytest.Monke
     import subprocess
     from types import SimpleNamespace
 
-    from live import faults
-    from live.faults import NETEM_UNLIMITED_RATE, Shape
+    from live.kernel import faults
+    from live.kernel.faults import NETEM_UNLIMITED_RATE, Shape
 
     calls: list[list[str]] = []
 

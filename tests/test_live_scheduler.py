@@ -37,8 +37,8 @@ import pytest
 import yaml
 from conftest import live_import
 
-from live.engine import TextGenerator
-from live.sse import event_data, split_sse
+from live.serve.backends.engine import TextGenerator
+from live.serve.sse import event_data, split_sse
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 aiohttp = live_import("aiohttp")

@@ -16,10 +16,11 @@ import aiohttp
 import pytest
 from conftest import live_import
 
-from live.engine import TextGenerator
-from live.pacing import PacingLoop
-from live.server import LiveConfig, running_server
-from live.source import FakeTelemetry, SocketStats
+from live.kernel.source import FakeTelemetry, SocketStats
+from live.serve.app import running_server
+from live.serve.backends.engine import TextGenerator
+from live.serve.config import LiveConfig
+from live.serve.pacing import PacingLoop
 from scenarios.schema import ServerSpec
 from sim.model.serving import CREDIT_CAP_TOKENS
 

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from live.server import LiveConfig, running_server
+from live.serve.app import running_server
+from live.serve.config import LiveConfig
 from scenarios.schema import ServerSpec
 
 pytestmark = pytest.mark.timeout(60)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from live.netns import NETNS_DIR, VethPair, in_netns
+from live.kernel.netns import NETNS_DIR, VethPair, in_netns
 
 pytestmark = pytest.mark.live
 
@@ -84,7 +84,7 @@ time.sleep(60)
 
 PARENT = """
 import json, sys
-from live.netns import VethPair
+from live.kernel.netns import VethPair
 pair = VethPair(**json.loads(sys.argv[1]))
 child = [sys.executable, "-c", sys.argv[2]]
 guarded = pair.popen("a", child + [sys.argv[3]], stderr=None)

@@ -14,8 +14,9 @@ import pytest
 from aiohttp import web
 from conftest import live_import
 
-from live.server import LiveConfig, running_server
-from live.upstream import is_token_event, split_sse
+from live.serve.app import running_server
+from live.serve.config import LiveConfig
+from live.serve.sse import is_token_event, split_sse
 from sim.model.serving import CREDIT_CAP_TOKENS
 
 openai = live_import("openai")

@@ -34,8 +34,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live.faults import FILTER_PREF, NFT_TABLE, QDISC_HANDLE, STATE_DIR
-from live.netns import NETNS_DIR, VethPair, in_netns, veth_pair
+from live.kernel.faults import FILTER_PREF, NFT_TABLE, QDISC_HANDLE, STATE_DIR
+from live.kernel.netns import NETNS_DIR, VethPair, in_netns, veth_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -96,8 +96,9 @@ def test_the_zombie_counter_sees_generation_that_outlives_its_client(monkeypatch
                                                                      dropping: str) -> None:
     """The soak's zero means something: with the engine's dropping of departed clients disabled, the
     same five departures show up as five zombie streams and five orphaned ones."""
-    from live.engine import LiveEngine
-    from live.server import LiveConfig, running_server
+    from live.serve.app import running_server
+    from live.serve.backends.engine import LiveEngine
+    from live.serve.config import LiveConfig
     from scenarios.schema import ServerSpec
 
     if dropping == "broken":
@@ -266,15 +267,15 @@ def test_cleanup_removes_what_a_sigkilled_lab_left(live: None, tmp_path: Path, l
             assert time.monotonic() < deadline, "the lab's server did not start"
             kids = _descendants(lab.pid)
             names = sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
-            if len(names) == 2 and any("--serve-child" in c for c in kids.values()):
+            if len(names) == 2 and any("live.lab.serve_child" in c for c in kids.values()):
                 break
             time.sleep(0.2)
         time.sleep(1.0)  # let the load client start too (not required: whatever runs then must go)
         kids = _descendants(lab.pid)
         lab.kill()
         lab.wait(10)
-    server = next(pid for pid, c in kids.items() if "--serve-child" in c)
-    deadline = time.monotonic() + 15.0  # the lab's own patience with a stopping server (live/lab.py _stop)
+    server = next(pid for pid, c in kids.items() if "live.lab.serve_child" in c)
+    deadline = time.monotonic() + 15.0  # the lab's own patience with a stopping server (live/lab/lab.py _stop)
     while _alive(server) and time.monotonic() < deadline:  # SIGTERM as the lab died (PR_SET_PDEATHSIG)
         time.sleep(0.1)
     assert not _alive(server), "the killed lab's server outlived it"

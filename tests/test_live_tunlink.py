@@ -1,4 +1,4 @@
-"""live.tunlink on a real kernel: two namespaces joined by TUN devices and the user-space link.
+"""live.lab.tunlink on a real kernel: two namespaces joined by TUN devices and the user-space link.
 
 What a path promises, measured from outside the link: the RTT an idle ping sees, the goodput and the
 queueing delay of a bulk TCP flow, the loss rate, an outage's silence, a rate step — and that nothing
@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from live.netns import NETNS_DIR, in_netns
-from live.tunlink import TunPair, tun_pair
+from live.kernel.netns import NETNS_DIR, in_netns
+from live.lab.tunlink import TunPair, tun_pair
 from scenarios.schema import PathSpec, Scenario
 
 pytestmark = pytest.mark.live
@@ -213,7 +213,7 @@ def test_two_paths_each_with_its_own_rtt_and_rate(live: None) -> None:
     """Several paths on one link: path i is client address 10.202.N.(2+i). Pings from each address see
     that path's RTT; a download to each address gets that path's rate (the downlink is demultiplexed by
     destination, the uplink by source)."""
-    from live.tunlink import PathPlay
+    from live.lab.tunlink import PathPlay
 
     plays = [PathPlay("slow", _path(rate_mbps=2, rtt_ms=80), (), 0),
              PathPlay("fast", _path(rate_mbps=8, rtt_ms=20), (), 1)]
@@ -354,7 +354,7 @@ def test_cleanup_after_exit_error_sigterm_and_sigkill(live: None) -> None:
         import json, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from scenarios.schema import PathSpec
-        from live.tunlink import tun_pair
+        from live.lab.tunlink import tun_pair
         with tun_pair(PathSpec(rate_mbps=10, rtt_ms=10), [], ".") as pair:
             print(json.dumps({{"ns": [pair.ns_a, pair.ns_b], "ifs": [pair.if_a, pair.if_b],
                               "pid": pair.link.pid}}), flush=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
-from live.faults import shape_at as live_shape_at
+from live.kernel.faults import shape_at as live_shape_at
 from scenarios.schema import Fault, PathSpec
 from scenarios.traces import load_mahimahi, mean_rate_bps, resolve_trace
 from sim.model.path import (

@@ -3,7 +3,7 @@
 DESIGN.md "Reader and stall": token i is displayed no earlier than it arrives and no earlier than
 1/reading_tps after token i-1; a due token that has not arrived is a stall that shifts the schedule;
 after patience_s of continuous stall (or first_patience_s of waiting for the first token) the reader
-leaves. The SimPy driver (sim.client.Reader) and the asyncio one (live.client.LiveReader) must show
+leaves. The SimPy driver (sim.client.Reader) and the asyncio one (live.loadgen.client.LiveReader) must show
 the same tokens at the same times for the same arrivals.
 """
 
@@ -15,7 +15,7 @@ import math
 import pytest
 import simpy
 
-from live.client import LiveReader
+from live.loadgen.client import LiveReader
 from sim.client import Reader
 from sim.model.reader import ABANDONED, CANCELLED, COMPLETED, READING, ReaderModel
 

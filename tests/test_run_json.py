@@ -94,7 +94,7 @@ def test_live_recording_keeps_the_first_start_across_controllers(tmp_path: Path,
 
 
 def test_lab_writes_it_before_the_first_entry(tmp_path: Path, clock: list[str]) -> None:
-    from live import lab
+    from live.lab import lab
 
     loaded = load_scenario(TINY)
     lab._start_run_json(tmp_path, loaded, ["unpaced"], 5, {"runs": []}, {})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import live_import
 
-from live.server import ChunkEncoder
-from live.sse import chunked_wire_size, event_data, is_token_event, pad_event, split_sse
+from live.serve.protocol import ChunkEncoder
+from live.serve.sse import chunked_wire_size, event_data, is_token_event, pad_event, split_sse
 
 
 @pytest.mark.parametrize("wire", [240, 253, 256, 300, 4095 + 7, 4096 + 7, 5000])

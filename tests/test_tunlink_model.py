@@ -1,5 +1,5 @@
-"""live.tunlink's link model is the simulator's: the same packets offered to the downlink
-``live.tunlink.path_schedules`` builds (a ``sim.model.path.Bottleneck``) and to the SimPy ``sim.link.Link``
+"""live.lab.tunlink's link model is the simulator's: the same packets offered to the downlink
+``live.lab.tunlink.path_schedules`` builds (a ``sim.model.path.Bottleneck``) and to the SimPy ``sim.link.Link``
 that ``sim.network.build_path`` builds arrive at the same instants (bit for bit) and are dropped the same
 way. No root needed."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import simpy
 
-from live.tunlink import DelaySchedule, path_schedules, prestart_schedule
+from live.lab.tunlink import DelaySchedule, path_schedules, prestart_schedule
 from scenarios.schema import PathSpec, Scenario
 from sim.link import call_at
 from sim.model.path import Bottleneck, ConstantCapacity, PathModel

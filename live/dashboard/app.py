@@ -1,8 +1,8 @@
 """The live dashboard page (a Streamlit script): what each connection of a running server sees and decides.
 
-Started by ``python -m live dashboard --record DIR [--metrics-url URL]`` (:mod:`live.dashboard`), which
+Started by ``python -m live dashboard --record DIR [--metrics-url URL]`` (:mod:`live.dashboard.launch`), which
 runs ``streamlit run`` on this file with the arguments after ``--``. The page tails
-``DIR/<controller>/telemetry.csv`` (:mod:`live.dashboard_data`) and shows, refreshed every second by a
+``DIR/<controller>/telemetry.csv`` (:mod:`live.dashboard.data`) and shows, refreshed every second by a
 Streamlit fragment (only this part of the page reruns):
 
 * where the data comes from and which anomaly source flags it (the telemetry model, or the rule);
@@ -25,14 +25,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from live import dashboard_data as dd
+from live.dashboard import data as dd
 
 AUTO = "__auto__"  # the selector's "follow the most recently active connection"
 ANOMALY_COLOR = "#d62728"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dashboard_app.py")
+    p = argparse.ArgumentParser(prog="live/dashboard/app.py")
     p.add_argument("--record", type=Path, required=True)
     p.add_argument("--metrics-url")
     p.add_argument("--window", type=float, default=dd.WINDOW_S)

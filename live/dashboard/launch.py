@@ -2,7 +2,7 @@
 
     python -m live dashboard --record DIR [--metrics-url URL] [--port 8501] [--host 127.0.0.1]
 
-Checks the arguments, then runs ``python -m streamlit run live/dashboard_app.py`` headless (no browser
+Checks the arguments, then runs ``python -m streamlit run live/dashboard/app.py`` headless (no browser
 opened, no usage statistics sent, no file watcher, no developer toolbar) with the page's own arguments after ``--``, and
 waits for it. Streamlit runs in its own session so that a Ctrl-C reaches it exactly once: SIGINT,
 SIGTERM and SIGHUP sent to this process are forwarded to it, and it is sent SIGTERM should this
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-APP = Path(__file__).with_name("dashboard_app.py")
+APP = Path(__file__).with_name("app.py")
 PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -56,7 +56,7 @@ def check_privileges() -> Check:
 
 
 def check_tracefs() -> Check:
-    from live.telemetry import tracefs_dir
+    from live.kernel.telemetry import tracefs_dir
 
     d = tracefs_dir()
     if d is not None:
@@ -66,7 +66,7 @@ def check_tracefs() -> Check:
 
 
 def check_bcc() -> Check:
-    from live.telemetry import BccUnavailable, import_bcc
+    from live.kernel.telemetry import BccUnavailable, import_bcc
 
     try:
         bcc = import_bcc()
@@ -92,7 +92,7 @@ def check_headers() -> Check:
 
 
 def check_tracepoints() -> list[Check]:
-    from live.telemetry import tracefs_dir, tracepoint_has_field
+    from live.kernel.telemetry import tracefs_dir, tracepoint_has_field
 
     if tracefs_dir() is None:
         return [Check("tracepoints", "FAIL", "cannot look: tracefs not mounted", "mount tracefs first (above)")]
@@ -110,7 +110,7 @@ def check_tracepoints() -> list[Check]:
 
 def check_compile() -> Check:
     """Compile and attach the real telemetry program for a moment (the check that settles it)."""
-    from live.telemetry import BccTelemetry
+    from live.kernel.telemetry import BccTelemetry
 
     try:
         with BccTelemetry([9], interval_s=1.0) as tel:
@@ -123,14 +123,14 @@ def check_compile() -> Check:
 
 
 def check_netem() -> Check:
-    from live.faults import netem_available
+    from live.kernel.faults import netem_available
 
     if netem_available():
         return Check("sch_netem", "ok", "available: faults use netem (delay, jitter, loss, GE, rate, outage)")
     return Check("sch_netem", "WARN", "not available: faults use the fallback (tbf + tc-bpf); delay faults "
                  "are skipped", "sudo modprobe sch_netem (Ubuntu/Debian: linux-modules-extra-$(uname -r)); "
                  "to check the netem backend without it, in a user-mode-linux kernel that has it: "
-                 "sudo apt-get install user-mode-linux kmod && sudo python -m live.uml")
+                 "sudo apt-get install user-mode-linux kmod && sudo python -m live.kernel.uml")
 
 
 def check_bpffs() -> Check:

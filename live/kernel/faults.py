@@ -56,7 +56,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import TypeAdapter
 
-from live.netns import netns_cmd
+from live.kernel.netns import netns_cmd
 from scenarios.schema import (
     Bernoulli,
     DelayFault,
@@ -277,7 +277,7 @@ def netem_available() -> bool:
 
 def _bcc_ok() -> bool:
     try:
-        from live.telemetry import import_bcc
+        from live.kernel.telemetry import import_bcc
 
         import_bcc()
     except ImportError:
@@ -367,7 +367,7 @@ class _Created:
 
 # --------------------------------------------------------------------------- backends
 class _Dropper:
-    """The tc-bpf loss program (live/bpf/tc_loss.c) on clsact egress; its config map is updated live."""
+    """The tc-bpf loss program (live/kernel/bpf/tc_loss.c) on clsact egress; its config map is updated live."""
 
     MODES: ClassVar[dict[str, int]] = {"off": 0, "bernoulli": 1, "ge": 2, "drop_all": 3}  # tc_loss.c MODE_*
 
@@ -377,7 +377,7 @@ class _Dropper:
         self.mode = "off"
 
     def attach(self) -> None:
-        from live.telemetry import import_bcc
+        from live.kernel.telemetry import import_bcc
 
         bpffs = _bpffs_dir()
         if bpffs is None:
@@ -909,8 +909,8 @@ class FaultPlayer:
 
 # --------------------------------------------------------------------------- CLI entry points
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m live.faults``: detect the backend, play a scenario's faults on an interface, or clean up."""
-    ap = argparse.ArgumentParser(prog="python -m live.faults", description=main.__doc__)
+    """``python -m live.kernel.faults``: detect the backend, play a scenario's faults on an interface, or clean up."""
+    ap = argparse.ArgumentParser(prog="python -m live.kernel.faults", description=main.__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("detect", help="print the backend this machine would use")
     c = sub.add_parser("cleanup", help="remove what tokenpace created on an interface")

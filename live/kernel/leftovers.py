@@ -1,8 +1,8 @@
 """What a killed lab, bench or test leaves behind, found by name and removed (``python -m live cleanup``).
 
 Every network namespace tokenpace makes carries its creator's pid in its name:
-``tp<pid>x<n>-a``/``-b`` (:func:`live.netns.veth_pair`) and ``tt<pid>x<n>-a``/``-b``
-(:func:`live.tunlink.tun_pair`, and ``python -m live.tunlink`` without ``--name``), where ``<pid>`` is
+``tp<pid>x<n>-a``/``-b`` (:func:`live.kernel.netns.veth_pair`) and ``tt<pid>x<n>-a``/``-b``
+(:func:`live.lab.tunlink.tun_pair`, and ``python -m live.lab.tunlink`` without ``--name``), where ``<pid>`` is
 the creator's pid modulo 100000. A namespace of ours is *stale* when no running process has such a pid:
 its creator died without its ``finally`` (SIGKILL, OOM). A namespace whose creator may still be alive
 is never touched — another run on this machine may be using it.
@@ -14,10 +14,10 @@ own timers end.
 
 Removing a stale namespace: the processes inside it (a lab's server and load client, cross traffic,
 iperf3) are stopped, SIGTERM first, then SIGKILL; so is the user-space link process of a TUN pair
-(``python -m live.tunlink ... --name <base>``, in the root namespace, holding both TUN devices: they
+(``python -m live.lab.tunlink ... --name <base>``, in the root namespace, holding both TUN devices: they
 vanish with it); then ``ip netns delete``. Qdiscs, filters and nft rules inside the namespace go with
 it; so does the fault player's state file for it (``/run/tokenpace/faults-<netns>-<iface>.json``, once
-its namespace is gone and its player dead). What :mod:`live.faults` put on an interface of the root
+its namespace is gone and its player dead). What :mod:`live.kernel.faults` put on an interface of the root
 namespace is the other half of cleanup (``--iface``).
 """
 
@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from live.faults import STATE_DIR
-from live.netns import NETNS_DIR
+from live.kernel.faults import STATE_DIR
+from live.kernel.netns import NETNS_DIR
 
 __all__ = ["OUR_NETNS", "StaleNetns", "orphans", "remove_stale", "stale_namespaces"]
 
@@ -95,7 +95,7 @@ def _pids_in(ino: int) -> list[int]:
 
 
 def _link_processes(bases: Iterable[str]) -> list[int]:
-    """``python -m live.tunlink ... --name BASE`` processes of the given bases (they hold the TUN fds)."""
+    """``python -m live.lab.tunlink ... --name BASE`` processes of the given bases (they hold the TUN fds)."""
     wanted = set(bases)
     pids = []
     for pid in _running_pids():
@@ -104,7 +104,7 @@ def _link_processes(bases: Iterable[str]) -> list[int]:
         except OSError:
             continue
         words = [a.decode(errors="replace") for a in argv]
-        if "live.tunlink" not in words:
+        if "live.lab.tunlink" not in words:
             continue
         for i, w in enumerate(words[:-1]):
             if w == "--name" and words[i + 1] in wanted:

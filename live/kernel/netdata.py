@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO
 
-from live.telemetry import BccTelemetry, HostInterval
+from live.kernel.telemetry import BccTelemetry, HostInterval
 
 __all__ = ["COLUMNS", "NetDataAggregator", "NetDataRow", "NetDataWriter", "collect", "main"]
 
@@ -144,7 +144,7 @@ def collect(ports: Sequence[int], csv_path: str | Path, *, interval_s: float = 1
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Collect seed 001's net_data.csv from the eBPF probes (smart_agent.py's flags)."""
-    ap = argparse.ArgumentParser(prog="python -m live.netdata", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m live.kernel.netdata", description=main.__doc__)
     ap.add_argument("--port", type=int, action="append", default=[], help="server port (repeat; none = all sockets)")
     ap.add_argument("--interval", type=float, default=1.0, help="aggregation interval in seconds")
     ap.add_argument("--window", type=int, default=30, help="rolling window length (in intervals)")

@@ -1,7 +1,7 @@
 """The seam between the kernel and the server: per-socket TCP state, drained once per control interval.
 
 A telemetry source is anything with ``poll() -> dict[cookie, SocketStats]``. The eBPF source
-(``live/telemetry.py``) fills it from the ``tcp:tcp_probe`` and ``tcp:tcp_retransmit_skb``
+(``live/kernel/telemetry.py``) fills it from the ``tcp:tcp_probe`` and ``tcp:tcp_retransmit_skb``
 tracepoints; :class:`FakeTelemetry` replays scripted samples so the server and controllers run in
 tests without root. The server maps a cookie to its stream with ``getsockopt(SO_COOKIE)``.
 """

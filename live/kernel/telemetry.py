@@ -3,9 +3,9 @@
 Two stable tracepoints do the work — ``tcp:tcp_probe`` (every segment an established socket
 receives: srtt, cwnd, ssthresh, snd_wnd, snd_nxt, snd_una, sock_cookie) and
 ``tcp:tcp_retransmit_skb`` — filtered in the kernel by the server's local port(s) and aggregated
-per socket in an LRU hash keyed by the socket cookie (``live/bpf/tcp_telemetry.c``). Python reads
+per socket in an LRU hash keyed by the socket cookie (``live/kernel/bpf/tcp_telemetry.c``). Python reads
 the map once per control interval and turns the cumulative counters into per-interval
-:class:`~live.source.SocketStats`; nothing crosses to userspace per packet, so the probes cost a
+:class:`~live.kernel.source.SocketStats`; nothing crosses to userspace per packet, so the probes cost a
 few hundred nanoseconds per ACK and nothing per token.
 
 Units: the tracepoint's ``srtt`` is ``tp->srtt_us >> 3``, the smoothed RTT in microseconds (the
@@ -19,7 +19,7 @@ lower than the kernel's segment counter (``TcpRetransSegs``, ``ss``'s ``retrans:
         while serving:
             for cookie, stats in tel.poll().items(): ...
 
-``python -m live.telemetry --ebpf`` prints the C program as compiled (BCC tools' hidden flag).
+``python -m live.kernel.telemetry --ebpf`` prints the C program as compiled (BCC tools' hidden flag).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from live.source import SocketStats
+from live.kernel.source import SocketStats
 
 __all__ = [
     "BCC_DIST_PACKAGES",
@@ -447,7 +447,7 @@ def bpf_run_stats() -> Iterator[bool]:
 # --------------------------------------------------------------------------- a small CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """Print per-socket stats each interval (or, with --ebpf, the C program) — a debugging aid."""
-    ap = argparse.ArgumentParser(prog="python -m live.telemetry", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m live.kernel.telemetry", description=main.__doc__)
     ap.add_argument("--port", type=int, action="append", default=[], help="server port (repeat; none = all)")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between drains")
     ap.add_argument("--count", type=int, default=0, help="stop after this many intervals (0 = until Ctrl-C)")

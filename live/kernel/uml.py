@@ -1,4 +1,4 @@
-"""Run the netem fault backend for real inside a user-mode-linux kernel: ``python -m live.uml``.
+"""Run the netem fault backend for real inside a user-mode-linux kernel: ``python -m live.kernel.uml``.
 
 Users' stock kernels have sch_netem, so netem is the fault backend they get; a machine whose kernel
 lacks it (no modules, a custom build) cannot run that code path at all. Debian's ``user-mode-linux``
@@ -9,10 +9,10 @@ project's own Python runs inside it unchanged:
 1. the host writes an init script into a fresh folder under /tmp and starts
    ``linux.uml mem=... rootfstype=hostfs rootflags=/ rw init=SCRIPT`` in its own process group;
 2. the script mounts proc, sysfs and a private tmpfs on /run (namespace handles and fault state
-   files stay inside the guest), loads the modules, and runs ``python -m live.uml guest``;
-3. the guest creates two network namespaces joined by veth (``live.netns.veth_pair``), measures the
+   files stay inside the guest), loads the modules, and runs ``python -m live.kernel.uml guest``;
+3. the guest creates two network namespaces joined by veth (``live.kernel.netns.veth_pair``), measures the
    link with no fault (its baseline: UML's timing is its own), then plays each fault kind of the
-   scenario schema through :class:`live.faults.FaultPlayer` with ``backend="netem"`` on one veth end
+   scenario schema through :class:`live.kernel.faults.FaultPlayer` with ``backend="netem"`` on one veth end
    -- the same code users run -- and measures what arrives on the other end;
 4. the guest writes its figures as JSON into that folder (hostfs) and powers the kernel off; the
    host reads them, judges them (:func:`judge`) and removes the folder. A guest that hangs is killed
@@ -60,11 +60,11 @@ __all__ = [
     "uml_unavailable_reason",
 ]
 
-CHECK_COMMAND = "sudo python -m live.uml"  # what `python -m live doctor` tells a user without netem
+CHECK_COMMAND = "sudo python -m live.kernel.uml"  # what `python -m live doctor` tells a user without netem
 UML_BINARIES = ("linux.uml", "linux")
 UML_MODULES_ROOT = Path("/usr/lib/uml/modules")
 GUEST_MODULES = ("kernel/net/sched/sch_netem.ko", "kernel/drivers/net/veth.ko")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESULT_NAME = "result.json"
 DEFAULT_MEM_MB = 384
 DEFAULT_TIMEOUT_S = 170.0  # ~1 min idle, ~2 min on a busy 2-core host
@@ -178,8 +178,9 @@ def _init_script(workdir: Path, modules_dir: Path, guest_argv: Sequence[str]) ->
     insmods = "\n".join(f"insmod {q(str(modules_dir / m))} || echo 'insmod {m} failed' >&2" for m in GUEST_MODULES)
     env = (f"PYTHONPATH={q(str(PROJECT_ROOT))} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/root "
            f"TOKENPACE_UML_GUEST=1")
+    guest = " ".join(q(a) for a in guest_argv)
     return f"""#!/bin/sh
-# init of a tokenpace UML guest (written by live/uml.py; removed with its folder)
+# init of a tokenpace UML guest (written by live/kernel/uml.py; removed with its folder)
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 mount -t proc proc /proc
@@ -189,7 +190,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 {insmods}
 cd {q(str(PROJECT_ROOT))}
 date +%s.%N > {q(str(workdir / "guest_start"))}
-env {env} {q(sys.executable)} -m live.uml {" ".join(q(a) for a in guest_argv)} > {q(str(workdir / "guest.log"))} 2>&1
+env {env} {q(sys.executable)} -m live.kernel.uml {guest} > {q(str(workdir / "guest.log"))} 2>&1
 echo $? > {q(str(workdir / "guest_rc"))}
 sync
 poweroff -f 2>/dev/null || halt -f 2>/dev/null || echo o > /proc/sysrq-trigger
@@ -206,7 +207,7 @@ def _tail(path: Path, n_chars: int = 1500) -> str:
 
 def boot_uml(guest_argv: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, mem_mb: int = DEFAULT_MEM_MB
              ) -> Boot:
-    """Boot UML, run ``python -m live.uml GUEST_ARGV`` inside it, return what it wrote to ``--out``.
+    """Boot UML, run ``python -m live.kernel.uml GUEST_ARGV`` inside it, return what it wrote to ``--out``.
 
     The guest's JSON comes back through a file in a fresh folder under /tmp (hostfs). UML runs in its
     own process group; whatever happens, that group is killed if still alive and the folder removed.
@@ -267,7 +268,7 @@ def _faults(*specs: dict[str, Any]) -> list[Any]:
 @contextlib.contextmanager
 def _sock(ns: str, kind: int = socket.SOCK_DGRAM) -> Iterator[socket.socket]:
     """A socket living in network namespace ``ns`` (created there; usable from anywhere)."""
-    from live.netns import in_netns
+    from live.kernel.netns import in_netns
 
     with in_netns(ns):
         s = socket.socket(socket.AF_INET, kind)
@@ -301,7 +302,7 @@ class _Guest:
                                  self.pair.iface(side), "nud", "permanent"])
 
     def player(self, *specs: dict[str, Any]) -> Any:
-        from live.faults import FaultPlayer
+        from live.kernel.faults import FaultPlayer
 
         return FaultPlayer(self.iface, _faults(*specs), "netem", netns=self.ns, handle_signals=False, log=self.log)
 
@@ -413,7 +414,7 @@ class _Guest:
 
     def tcp_goodput(self, run_s: float, warmup_s: float) -> dict[str, float]:
         """A bulk TCP transfer a -> b for ``run_s``; goodput (payload bits/s at b) after ``warmup_s``."""
-        from live.netns import in_netns
+        from live.kernel.netns import in_netns
 
         port = self.port()
         with _sock(self.ns, socket.SOCK_STREAM) as ls, _sock(self.pair.ns_b, socket.SOCK_STREAM) as cl:
@@ -501,8 +502,8 @@ def _spread(xs: Sequence[float]) -> dict[str, float]:
 
 def guest_measure() -> dict[str, Any]:
     """Everything the check measures, inside the UML guest. Returns plain JSON figures."""
-    from live.faults import QDISC_HANDLE, netem_available
-    from live.netns import veth_pair
+    from live.kernel.faults import QDISC_HANDLE, netem_available
+    from live.kernel.netns import veth_pair
 
     t_start = time.monotonic()
     log_lines: list[str] = []
@@ -701,7 +702,7 @@ def run_check(*, timeout_s: float = DEFAULT_TIMEOUT_S, mem_mb: int = DEFAULT_MEM
 def _main(argv: list[str]) -> int:
     from scenarios.cli_errors import BadInput
 
-    ap = argparse.ArgumentParser(prog="python -m live.uml", description=(
+    ap = argparse.ArgumentParser(prog="python -m live.kernel.uml", description=(
         "Boot a user-mode-linux kernel with sch_netem and check that every fault kind, applied through "
         "tokenpace's netem backend, has the effect asked for. Needs root and `apt-get install "
         "user-mode-linux kmod`."))
@@ -714,7 +715,7 @@ def _main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "guest":
         if os.environ.get("TOKENPACE_UML_GUEST") != "1":
-            raise BadInput("guest", "runs only inside the UML guest (use `python -m live.uml` on the host)")
+            raise BadInput("guest", "runs only inside the UML guest (use `python -m live.kernel.uml` on the host)")
         result = guest_measure()
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
@@ -752,7 +753,7 @@ def _main(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from scenarios.cli_errors import run_cli
 
-    return run_cli(_main, argv, "python -m live.uml")
+    return run_cli(_main, argv, "python -m live.kernel.uml")
 
 
 if __name__ == "__main__":

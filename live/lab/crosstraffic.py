@@ -6,7 +6,7 @@ endless backlog, from the server side to the client side over the path's bottlen
 them at ``stop_s`` (never, when None). Here the same thing happens on the lab's network: a
 **sender** in namespace ``a`` (the server's) opens ``flows`` connections to a **sink** in namespace
 ``b`` (the client's), so the data crosses the same link as the paced streams (the user-space link of
-:mod:`live.tunlink` or a shaped veth), in the same direction, behind the same queue. Like the
+:mod:`live.lab.tunlink` or a shaped veth), in the same direction, behind the same queue. Like the
 simulator's bulk connections, each flow
 
 * has an endless backlog: one thread per flow keeps its socket's send buffer full (``send`` of a
@@ -16,7 +16,7 @@ simulator's bulk connections, each flow
   so the handshake already belongs to it, and the kernel's default (``net.ipv4.tcp_congestion_control``)
   is not touched (the paced server sets its own connections' likewise);
 * starts at ``start_s`` and is aborted at ``stop_s`` on the scenario's clock. Time 0 comes from the
-  lab as for the server and the client (an :func:`live.lab.epoch_line` on the sender's stdin). The
+  lab as for the server and the client (an :func:`live.lab.protocol.epoch_line` on the sender's stdin). The
   abort is an RST (``SO_LINGER`` 0): what is still in the send buffer is thrown away, as
   ``TcpConnection.close`` stops a simulated flow at once. A graceful close would let the kernel
   drain up to a few MB of send buffer into the bottleneck after ``stop_s`` -- seconds at 8 Mbit/s.
@@ -30,7 +30,7 @@ reads whatever arrives at once and throws it away, so the receive window never c
 reader.
 
 Two child processes do the work, so the flows never compete with the lab for the GIL:
-``python -m live.crosstraffic sink`` and ``python -m live.crosstraffic send`` (see ``--help``).
+``python -m live.lab.crosstraffic sink`` and ``python -m live.lab.crosstraffic send`` (see ``--help``).
 Each prints one JSON line when ready and one at exit (byte counts, start and stop instants). The lab
 uses :func:`cross_traffic`::
 
@@ -64,7 +64,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from live.netns import VethPair
+from live.kernel.netns import VethPair
+from live.lab.protocol import emit, epoch_line, parse_epoch_line
 
 if TYPE_CHECKING:
     from scenarios.schema import CrossTraffic as CrossTrafficSpec
@@ -93,12 +94,6 @@ def available_cc() -> list[str]:
         return Path(AVAILABLE_CC_FILE).read_text().split()
     except OSError:
         return []
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    """One JSON line on stdout, flushed at once: the parent waits for it."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def _install_stop_handlers(on_stop: Callable[[], None]) -> None:
@@ -183,7 +178,7 @@ def run_sink(host: str, port: int) -> int:
         conns.discard(c)
         c.close()
 
-    _emit({"event": "ready", "port": lsock.getsockname()[1]})
+    emit({"event": "ready", "port": lsock.getsockname()[1]})
     while not stopping.is_set():
         for key, _ in sel.select():
             what = key.data
@@ -207,7 +202,7 @@ def run_sink(host: str, port: int) -> int:
         drain(c)
         drop(c)
     lsock.close()
-    _emit({"event": "exit", "bytes": total, "connections": accepted})
+    emit({"event": "exit", "bytes": total, "connections": accepted})
     return 0
 
 
@@ -290,8 +285,6 @@ class _Flow:
 
 def _read_epoch(stop: threading.Event) -> float | None:
     """Time 0 from the first stdin line (None: EOF, a stop, or a line that is not an epoch line)."""
-    from live.lab import parse_epoch_line  # here, not at the top: live.lab will import this module
-
     box: list[str] = []
 
     def read() -> None:
@@ -326,16 +319,16 @@ def run_sender(dest: tuple[str, int], flows: int, start_s: float, stop_s: float 
     stop = threading.Event()
     _install_stop_handlers(stop.set)
     _watch_parent(stop, stop.set)
-    _emit({"event": "ready"})
+    emit({"event": "ready"})
     t0 = _read_epoch(stop)
     out: dict[str, Any] = {"event": "exit", "cc": cc, "flows": flows, "t0": t0, "bytes_sent": [], "bytes_acked": [],
                            "retrans_segs": [], "cc_effective": [], "connected_at_s": [], "started_at_s": None,
                            "stopped_at_s": None, "errors": []}
     if t0 is None:  # EOF or a stop before time 0: nothing was started
-        _emit(out)
+        emit(out)
         return 0
     if _sleep_until(stop, t0 + start_s) or (stop_s is not None and stop_s <= start_s):
-        _emit(out)
+        emit(out)
         return 0
     out["started_at_s"] = round(time.monotonic() - t0, 6)
     running = [_Flow(i, dest, cc, bind, t0) for i in range(flows)]
@@ -353,14 +346,14 @@ def run_sender(dest: tuple[str, int], flows: int, start_s: float, stop_s: float 
     out["cc_effective"] = [f.cc_effective for f in running]
     out["connected_at_s"] = [None if f.connected_at_s is None else round(f.connected_at_s, 6) for f in running]
     out["errors"] = [f.error for f in running if f.error]
-    _emit(out)
+    emit(out)
     return 1 if out["errors"] else 0
 
 
 # ============================================================================================ CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m live.crosstraffic",
+        prog="python -m live.lab.crosstraffic",
         description="Bulk TCP cross traffic for the lab (the simulator's cross_traffic on a real kernel). "
                     "Run `sink` on the client side and `send` on the server side; each prints one JSON line "
                     "when ready and one at exit.")
@@ -500,8 +493,6 @@ class CrossTraffic:
         stdin = self._sender.proc.stdin
         if stdin is None:
             raise CrossTrafficError("the sender has no stdin")
-        from live.lab import epoch_line
-
         self.t0 = t0
         try:
             stdin.write(epoch_line(t0))
@@ -526,7 +517,7 @@ class CrossTraffic:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -541,7 +532,7 @@ def cross_traffic(pair: Any, spec_cross: CrossTrafficSpec, *, server_addr: str, 
     """The sink in namespace ``b`` on ``client_addr:port``, the sender in ``a`` bound to ``server_addr``,
     both ready; the flows open at ``start(t0)`` + ``spec_cross.start_s``.
 
-    ``pair`` is a :class:`live.netns.VethPair` (or ``live.tunlink.TunPair``): its ``popen`` runs each
+    ``pair`` is a :class:`live.kernel.netns.VethPair` (or ``live.lab.tunlink.TunPair``): its ``popen`` runs each
     child in its namespace and in a session of its own, so a Ctrl-C at the terminal reaches only the
     caller. On exit -- also after an exception or KeyboardInterrupt -- both children are stopped
     (SIGTERM to the group, SIGKILL after a timeout) and their exit lines collected for :meth:`CrossTraffic.summary`.
@@ -553,11 +544,11 @@ def cross_traffic(pair: Any, spec_cross: CrossTrafficSpec, *, server_addr: str, 
     sender: _Child | None = None
     ct: CrossTraffic | None = None
     try:
-        sink = _Child("sink", pair.popen("b", [py, "-m", "live.crosstraffic", "sink", "--host", client_addr,
+        sink = _Child("sink", pair.popen("b", [py, "-m", "live.lab.crosstraffic", "sink", "--host", client_addr,
                                                "--port", str(port)],
                                          stdin=subprocess.PIPE, env=env, bufsize=1))
         sink.wait_ready(ready_timeout_s)
-        sender = _Child("sender", pair.popen("a", [py, "-m", "live.crosstraffic", "send", "--to",
+        sender = _Child("sender", pair.popen("a", [py, "-m", "live.lab.crosstraffic", "send", "--to",
                                                    f"{client_addr}:{port}", "--flows", str(spec_cross.flows),
                                                    "--start-s", repr(float(spec_cross.start_s)), "--stop-s", stop_s,
                                                    "--cc", spec_cross.cc, "--bind", server_addr],

@@ -33,7 +33,7 @@ mean rate; if that rate is 0 — an outage or a schedule starting at 0 — the p
 that set-up traffic such as a readiness check can cross), the loss model and the delay in force at
 t=0. Packets still queued at the start are carried over into the timeline's queue.
 
-The shuttle runs in a child process (``python -m live.tunlink``) so that it never fights the caller
+The shuttle runs in a child process (``python -m live.lab.tunlink``) so that it never fights the caller
 for the GIL: one thread, epoll over both TUN fds, a control pipe and a ``timerfd`` armed (in
 nanoseconds, absolute CLOCK_MONOTONIC) at the earliest pending arrival — epoll's own timeout is
 millisecond-granular. The parent talks to it over stdin/stdout, one line each way:
@@ -52,9 +52,9 @@ What differs from the simulator is the traffic, not the link: the real downlink 
 server's pure ACKs, SYN-ACKs and FINs, the uplink the requests; the kernel's TCP (its MSS from the
 1500-byte MTU, its congestion control) replaces ``sim.tcp``. The link applies none of the path's TCP
 settings (``cc``, ``mss_bytes``, ``init_cwnd_pkts``) nor its ``cross_traffic``: the lab sets ``cc`` on
-the server's sockets and generates cross traffic itself (:mod:`live.crosstraffic`).
+the server's sockets and generates cross traffic itself (:mod:`live.lab.crosstraffic`).
 
-Use it like :func:`live.netns.veth_pair`::
+Use it like :func:`live.kernel.netns.veth_pair`::
 
     with tun_pair(spec, scn.faults_for("mobile"), loaded.base_dir, seed=scn.seed) as pair:
         server = pair.popen("a", [...])          # nsenter into pair.ns_a
@@ -97,7 +97,8 @@ from typing import Any
 
 import numpy as np
 
-from live.netns import NETNS_DIR, VethPair, die_with_parent, run
+from live.kernel.netns import NETNS_DIR, VethPair, die_with_parent, run
+from live.lab.protocol import emit
 from sim.model.path import Bottleneck, ConstantCapacity, LossModel, PathModel
 
 __all__ = [
@@ -617,17 +618,17 @@ control (stdin, one command a line):
 stdout: JSON lines -- {"event": "ready", ...} first, then "started" / "stats", {"event": "exit", ...} last.
 
 example:
-  python -m live.tunlink flash-outage --path mobile --name demo --start-now --no-control &
+  python -m live.lab.tunlink flash-outage --path mobile --name demo --start-now --no-control &
   nsenter --net=/run/netns/demo-a -- iperf3 -s -1 &
   nsenter --net=/run/netns/demo-b -- iperf3 -c 10.202.N.1 -R     # N: see the "ready" line
   kill -INT %1                                                  # prints the final stats
 
-From Python: `with live.tunlink.tun_pair(spec, faults, base_dir) as pair:` starts this as a child and
-hands back a live.netns.VethPair-like object (pair.run / pair.popen / pair.link.start_clock())."""
+From Python: `with live.lab.tunlink.tun_pair(spec, faults, base_dir) as pair:` starts this as a child and
+hands back a live.kernel.netns.VethPair-like object (pair.run / pair.popen / pair.link.start_clock())."""
 
 
 def _child_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m live.tunlink", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m live.lab.tunlink", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description=_HELP, epilog=_EPILOG)
     p.add_argument("scenario", nargs="?", help="scenario file or built-in name (or give --path-json)")
     p.add_argument("--path", action="append",
@@ -655,11 +656,6 @@ def _child_parser() -> argparse.ArgumentParser:
                    "this is what keeps packets on time: the loop sleeps between packets, so it takes only the "
                    "CPU the traffic needs (default %(default)s)")
     return p
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -752,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         link.sched = _set_realtime(args.rt_priority)
         if args.start_now:
             link.start_clock()
-        _emit({"event": "ready", "pid": os.getpid(), "ns_a": ns_a, "ns_b": ns_b, "if_a": if_a, "if_b": if_b,
+        emit({"event": "ready", "pid": os.getpid(), "ns_a": ns_a, "ns_b": ns_b, "if_a": if_a, "if_b": if_b,
                "addr_a": addr_a, "addr_b": addrs_b[0],
                "addrs_b": {p.name: a for p, a in zip(plays, addrs_b, strict=True)},
                "queue_bytes": downs[0].queue_bytes, "one_way_s": ups[0].delay_s, "t0": link.t0})
@@ -781,13 +777,13 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     if words[0] == "start":
                         t0 = link.start_clock(float(words[1]) if len(words) > 1 else None)
-                        _emit({"event": "started", "t0": t0})
+                        emit({"event": "started", "t0": t0})
                     elif words[0] == "stats":
-                        _emit({"event": "stats", **link.stats()})
+                        emit({"event": "stats", **link.stats()})
                     elif words[0] == "quit":
                         return False
                     else:
-                        _emit({"event": "error", "error": f"unknown command {words[0]!r}"})
+                        emit({"event": "error", "error": f"unknown command {words[0]!r}"})
                 return True
 
         try:
@@ -812,13 +808,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.stats_file is not None:
             args.stats_file.write_text(json.dumps(final, indent=1))
         with contextlib.suppress(OSError):
-            _emit({"event": "exit", "stats": final})
+            emit({"event": "exit", "stats": final})
     return 0
 
 
 # ============================================================================================ the parent
 class LinkProcess:
-    """The parent's handle on the ``python -m live.tunlink`` child: clock, stats, stop."""
+    """The parent's handle on the ``python -m live.lab.tunlink`` child: clock, stats, stop."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -911,7 +907,7 @@ class LinkProcess:
 
 @dataclass(frozen=True)
 class TunPair(VethPair):
-    """A :class:`live.netns.VethPair` whose two ends are TUN devices joined by the user-space link ``link``."""
+    """A :class:`live.kernel.netns.VethPair` whose two ends are TUN devices joined by the user-space link ``link``."""
 
     prefix_len: int = 32
     link: LinkProcess = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
@@ -965,13 +961,13 @@ def tun_pair(spec: Any, faults: Sequence[Any] = (), base_dir: str | Path = ".", 
             raise ValueError(f"a link plays 1 to {MAX_PATHS} paths, not {len(paths)}")
         plays = [{"name": p.name, "spec": _json_of(p.spec), "faults": [_json_of(f) for f in p.faults],
                   "index": p.index} for p in paths]
-        argv = [sys.executable, "-m", "live.tunlink", "--paths-json", json.dumps(plays),
+        argv = [sys.executable, "-m", "live.lab.tunlink", "--paths-json", json.dumps(plays),
                 "--base-dir", str(Path(base_dir).resolve()), "--name", base, "--subnet", str(subnet), "--mtu", str(mtu),
                 "--rt-priority", str(rt_priority), "--netns-exist", "--delete-netns"]
         if seed is not None:
             argv += ["--seed", str(seed)]
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # its own session: a Ctrl-C at the terminal reaches the caller, which then stops the link in order
         # ... and SIGTERM when the caller dies (as well as the EOF on its stdin): it cleans up at once

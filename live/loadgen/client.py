@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 
 from live.recorder import ClientRecorder, boot_id, merge_live_run, write_run_json
-from live.sse import event_data, is_token_event, split_sse
+from live.serve.sse import event_data, is_token_event, split_sse
 from scenarios.cli_errors import BadInput
 from sim.model.reader import ABANDONED, CANCELLED, COMPLETED, READING, ReaderModel
 from sim.model.workload import Request, draw_requests

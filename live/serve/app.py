@@ -18,14 +18,14 @@ Endpoints (aiohttp; binds 127.0.0.1 unless told otherwise):
   after that: must stay 0), ``tokenpace_orphaned_streams`` (streams still held whose connection is
   closed) and ``tokenpace_http_connections`` (connections open now).
 
-Tokens come from the built-in :class:`live.engine.LiveEngine` (the simulator's serving core in
+Tokens come from the built-in :class:`live.serve.backends.engine.LiveEngine` (the simulator's serving core in
 real time, scheduled by ``server.scheduler``) or, with ``upstream``, from an OpenAI-compatible server
-(:mod:`live.upstream`). Either way each streamed response gets its own controller, run by
-:class:`live.pacing.PacingLoop` on the kernel telemetry of its own socket; with the built-in engine,
+(:mod:`live.serve.backends.upstream`). Either way each streamed response gets its own controller, run by
+:class:`live.serve.pacing.PacingLoop` on the kernel telemetry of its own socket; with the built-in engine,
 each control interval's Observation and Decision also reach the scheduler (when it uses them), and
 each sequence carries its request's reader hint (``reading_tps``, the configured ``ttft_expected_s``).
 Writes apply TCP backpressure: the transport's write buffer high-water mark is 0 and every token is
-drained into the kernel before the next is written (:func:`live.pump.pump`, the one write loop of
+drained into the kernel before the next is written (:func:`live.serve.pump.pump`, the one write loop of
 both backends).
 """
 
@@ -33,359 +33,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import controllers
-from live.engine import LiveEngine, LiveSequence, TextGenerator
-from live.pacing import LiveMetrics, NullTelemetry, PacedStream, PacingLoop
-from live.pump import pump
+from live.kernel.source import TelemetrySource
 from live.recorder import LiveRecorder, boot_id, write_run_json
-from live.source import TelemetrySource
-from live.sse import chunked_wire_size, pad_event
-from scenarios.schema import ServerSpec
+from live.serve.backends.engine import LiveEngine, LiveSequence, TextGenerator
+from live.serve.backends.upstream import UpstreamProxy
+from live.serve.config import LiveConfig
+from live.serve.pacing import LiveMetrics, NullTelemetry, PacedStream, PacingLoop
+from live.serve.protocol import (
+    DONE,
+    SSE_HEADERS,
+    ApiError,
+    ChunkEncoder,
+    CompletionRequest,
+    error_response,
+    parse_completion_request,
+    read_json_body,
+)
+from live.serve.pump import pump
+from live.serve.sse import chunked_wire_size
 
-__all__ = [
-    "ApiError",
-    "CompletionRequest",
-    "LiveConfig",
-    "LiveServer",
-    "RunningServer",
-    "make_app",
-    "parse_completion_request",
-    "running_server",
-    "serve",
-]
+__all__ = ["LiveServer", "RunningServer", "make_app", "running_server", "serve"]
 
 log = logging.getLogger("tokenpace.live")
 STATE_KEY: web.AppKey[Any] = web.AppKey("tokenpace")  # -> LiveServer
 DISCONNECTS = (ConnectionResetError, ClientConnectionResetError, ConnectionError)
 KEEP_SEQS = 4096  # engine sequences kept for inspection when nothing records them (LiveEngine.keep_seqs)
-
-
-# --------------------------------------------------------------------------- configuration
-class LiveConfig(BaseModel):
-    """Everything ``python -m live`` decides; defaults serve the built-in engine on 127.0.0.1:8000."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535, description="0 = any free port")
-    controller: str = "unpaced"
-    controller_params: dict[str, Any] = Field(default_factory=dict)
-    control_interval_s: float = Field(0.1, gt=0)
-    server: ServerSpec = Field(default_factory=lambda: ServerSpec(),  # type: ignore[call-arg]
-                               description="the engine's serving model (seed 002)")
-    seed: int = 1
-    model: str = "tokenpace-engine"
-    default_reading_tps: float = Field(10.0, gt=0, description="reader pace when a request gives none")
-    default_max_tokens: int = Field(256, ge=1)
-    max_tokens_limit: int = Field(32_768, ge=1)
-    ttft_expected_s: float = Field(1.0, ge=0)
-    slo_qoe: float = Field(0.9, ge=0, le=1)
-    upstream: str | None = Field(None, description="OpenAI-compatible base URL to proxy (vLLM, Ollama)")
-    upstream_api_key: str | None = None
-    upstream_model: str | None = Field(None, description="model name sent upstream (default: the request's)")
-    upstream_buffer_tokens: int = Field(4096, ge=1, description="stop reading upstream beyond this many held tokens")
-    record_dir: Path | None = None
-    duration_s: float | None = Field(None, gt=0, description="serve this long, then stop (None: until cancelled)")
-    ack_grace_s: float = Field(2.0, ge=0, description="after a stream ends, wait this long for its last ACKs")
-    bytes_per_token: int | None = Field(
-        None, gt=0, description="pad each token's SSE event to this many bytes on the wire (the scenario's "
-        "bytes_per_token, so the lab carries what the simulator models); None: OpenAI's chunks as they are")
-    iface: str | None = None
-    fault: str | None = None
-    tcp_congestion: str | None = Field(
-        None, description="TCP_CONGESTION set on every client connection (the lab: the path's cc); None: the "
-        "system default")
-    scenario: dict[str, Any] | None = Field(None, description="resolved scenario, recorded in run.json")
-    entry: str | None = Field(
-        None, description="the name the recording goes by -- its folder DIR/<entry>/, its key in run.json and "
-        "the controller /healthz reports (which names the load client's half): the lab's CONTROLLER@SCHEDULER "
-        "entries (scenarios.loader.split_entry); None: the controller's name")
-
-    @property
-    def record_name(self) -> str:
-        """The recording's folder and run.json key: the entry, else the controller."""
-        return self.entry or self.controller
-
-    @model_validator(mode="after")
-    def _scheduler(self) -> LiveConfig:
-        from sim.model import schedulers
-
-        if self.server.replicas > 1:
-            raise ValueError(f"server.replicas: the live server is one engine (got {self.server.replicas}); "
-                             "run one server per replica behind your own router")
-        if self.server.prefix_cache is not None:
-            raise ValueError("server.prefix_cache: the simulator's only (the live engine has no prefix cache)")
-
-        spec = self.server.scheduler
-        if spec.name not in schedulers.REGISTRY:
-            raise ValueError(f"server.scheduler.name: {schedulers.UnknownScheduler(spec.name)}")
-        problems = schedulers.validate_params(spec.name, spec.params)
-        if problems:
-            key, msg = problems[0]
-            raise ValueError(f"server.scheduler.params.{key}: {msg}")
-        return self
-
-    @model_validator(mode="after")
-    def _controller(self) -> LiveConfig:
-        try:
-            info = controllers.get(self.controller)
-        except controllers.UnknownController as exc:  # a KeyError; pydantic reports ValueErrors
-            raise ValueError(str(exc)) from None
-        if info.sim_only:
-            raise ValueError(f"controller {self.controller!r} needs the simulator's knowledge (sim only)")
-        problems = controllers.validate_params(self.controller, self.controller_params)
-        if problems:
-            key, msg = problems[0]
-            raise ValueError(f"controller_params.{key}: {msg}")
-        return self
-
-    @classmethod
-    def from_scenario(cls, scenario: Any, controller: str = "unpaced", **overrides: Any) -> LiveConfig:
-        """Take the server model, control interval, seed, reader defaults and the controller's
-        parameters from a scenario (a path, a built-in name, a LoadedScenario or a Scenario)."""
-        from scenarios import LoadedScenario, Scenario, load_scenario
-        from scenarios.loader import find_scenario
-
-        resolved: dict[str, Any] | None
-        if isinstance(scenario, LoadedScenario):
-            scn, resolved = scenario.scenario, scenario.resolved()
-        elif isinstance(scenario, Scenario):
-            scn, resolved = scenario, json.loads(scenario.model_dump_json(by_alias=True))
-        else:
-            loaded = load_scenario(find_scenario(scenario))
-            scn, resolved = loaded.scenario, loaded.resolved()
-        values: dict[str, Any] = {
-            "controller": controller,
-            "controller_params": dict(scn.controllers.get(controller, {})),
-            "control_interval_s": scn.control_interval_s,
-            "server": scn.server,
-            "seed": scn.seed,
-            "default_reading_tps": max(0.1, float(scn.clients.reading_tps.mean())),
-            "ttft_expected_s": scn.clients.ttft_expected_s,
-            "slo_qoe": scn.slo.qoe,
-            "bytes_per_token": scn.workload.bytes_per_token,
-            "scenario": resolved,
-        }
-        values.update(overrides)
-        return cls(**values)
-
-
-# --------------------------------------------------------------------------- requests and errors
-class ApiError(Exception):
-    """An error returned to the client in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 type: str = "invalid_request_error", code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.message, param=self.param, type=self.type, code=self.code)
-
-
-def error_response(status: int, message: str, *, param: str | None = None, type: str = "invalid_request_error",
-                   code: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return web.json_response(body, status=status)
-
-
-@dataclass
-class CompletionRequest:
-    chat: bool
-    model: str
-    stream: bool
-    include_usage: bool
-    max_tokens: int  # the cap the request asked for (finish_reason "length" when reached)
-    output_tokens: int  # tokens the engine makes
-    prompt_tokens: int
-    reading_tps: float
-    stream_id: str | None
-    path: str
-    body: dict[str, Any] = field(repr=False, default_factory=dict)
-
-
-def _positive_int(value: Any, param: str, limit: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(400, f"'{param}' must be a positive integer, got {value!r}", param=param)
-    if limit is not None and value > limit:
-        raise ApiError(400, f"'{param}' is {value}, more than this server allows ({limit})", param=param)
-    return value
-
-
-def _positive_float(value: Any, param: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"'{param}' must be a positive number, got {value!r}", param=param) from None
-    if isinstance(value, bool) or not math.isfinite(x) or x <= 0:
-        raise ApiError(400, f"'{param}' must be a positive number, got {value!r}", param=param)
-    return x
-
-
-def _words(text: Any) -> int:
-    if isinstance(text, str):
-        return len(text.split())
-    if isinstance(text, list):
-        total = 0
-        for part in text:
-            if isinstance(part, dict):
-                total += _words(part.get("text", ""))
-            elif isinstance(part, int):
-                total += 1  # a token id
-            else:
-                total += _words(part)
-        return total
-    return 0
-
-
-def parse_completion_request(body: Any, *, chat: bool, config: LiveConfig,
-                             headers: Any = None) -> CompletionRequest:
-    """Validate an OpenAI (chat) completion request; raises :class:`ApiError` (400) on a bad one."""
-    headers = headers or {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "you must provide a model parameter", param="model")
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty array", param="messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise ApiError(400, f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]")
-            content = m.get("content")
-            if content is not None and not isinstance(content, str | list):
-                raise ApiError(400, f"messages[{i}].content must be a string or an array",
-                               param=f"messages[{i}].content")
-        prompt_tokens = sum(_words(m.get("content")) + 3 for m in messages)
-    else:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
-            raise ApiError(400, "'prompt' must be a string or a non-empty array", param="prompt")
-        prompt_tokens = _words(prompt)
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise ApiError(400, f"'stream' must be a boolean, got {stream!r}", param="stream")
-    options = body.get("stream_options")
-    include_usage = False
-    if options is not None:
-        if not stream:
-            raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                           param="stream_options")
-        if not isinstance(options, dict):
-            raise ApiError(400, "'stream_options' must be an object", param="stream_options")
-        include_usage = bool(options.get("include_usage", False))
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise ApiError(400, "only n=1 is supported", param="n")
-    cap_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    cap = body.get(cap_key)
-    max_tokens = (_positive_int(cap, cap_key, config.max_tokens_limit) if cap is not None
-                  else config.default_max_tokens)
-    ext = body.get("tokenpace") or {}
-    if not isinstance(ext, dict):
-        raise ApiError(400, "'tokenpace' must be an object", param="tokenpace")
-    output_tokens = max_tokens
-    if ext.get("output_tokens") is not None:
-        output_tokens = min(max_tokens, _positive_int(ext["output_tokens"], "tokenpace.output_tokens"))
-    if ext.get("prompt_tokens") is not None:
-        prompt_tokens = _positive_int(ext["prompt_tokens"], "tokenpace.prompt_tokens", 10_000_000)
-    reading = config.default_reading_tps
-    if ext.get("reading_tps") is not None:
-        reading = _positive_float(ext["reading_tps"], "tokenpace.reading_tps")
-    elif headers.get("x-reading-tps") is not None:
-        reading = _positive_float(headers.get("x-reading-tps"), "x-reading-tps")
-    stream_id = ext.get("stream_id") or headers.get("x-tokenpace-stream-id")
-    if stream_id is not None and (not isinstance(stream_id, str) or not 0 < len(stream_id) <= 128
-                                  or any(c in stream_id for c in ',"\n\r')):
-        raise ApiError(400, "the stream id must be 1-128 characters without commas or quotes",
-                       param="tokenpace.stream_id")
-    path = ext.get("path") or "live"
-    if not isinstance(path, str) or any(c in path for c in ',"\n\r'):
-        raise ApiError(400, "'tokenpace.path' must be a plain string", param="tokenpace.path")
-    return CompletionRequest(chat=chat, model=model, stream=stream, include_usage=include_usage,
-                             max_tokens=max_tokens, output_tokens=output_tokens, prompt_tokens=max(1, prompt_tokens),
-                             reading_tps=reading, stream_id=stream_id, path=path, body=body)
-
-
-# --------------------------------------------------------------------------- response encoding
-class ChunkEncoder:
-    """SSE events of one streamed response, OpenAI's chunk shapes, one event per token."""
-
-    def __init__(self, chat: bool, model: str, wire_bytes: int | None = None) -> None:
-        self.chat = chat
-        self.wire_bytes = wire_bytes  # pad each token's event to this many bytes on the wire (None: don't)
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-        self.model = model
-        head = json.dumps({"id": self.id, "object": "chat.completion.chunk" if chat else "text_completion",
-                           "created": self.created, "model": model}, separators=(",", ":"))[:-1]
-        self._head = ("data: " + head + ',"choices":[{"index":0,').encode()
-
-    def token(self, text: str, idx: int, finish: str | None) -> bytes:
-        fin = b"null" if finish is None else json.dumps(finish).encode()
-        t = json.dumps(text).encode()
-        if self.chat:
-            delta = b'{"role":"assistant","content":' + t + b"}" if idx == 0 else b'{"content":' + t + b"}"
-            event = self._head + b'"delta":' + delta + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
-        else:
-            event = self._head + b'"text":' + t + b',"logprobs":null,"finish_reason":' + fin + b"}]}\n\n"
-        return event if self.wire_bytes is None else pad_event(event, self.wire_bytes)
-
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        obj: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                               "created": self.created, "model": self.model, "choices": [],
-                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                         "total_tokens": prompt_tokens + completion_tokens}}
-        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-    def full(self, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        if self.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "logprobs": None, "finish_reason": finish}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-            obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": [choice], "usage": usage}
-
-
-DONE = b"data: [DONE]\n\n"
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-async def read_json_body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "request body too large") from None
-    try:
-        return json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"could not parse the JSON body of your request: {exc}") from None
 
 
 # --------------------------------------------------------------------------- the server
@@ -404,11 +91,9 @@ class LiveServer:
         if config.record_dir is not None:
             self.recorder = LiveRecorder(config.record_dir, config.record_name, self.t0,
                                          kv_tokens=config.server.kv_tokens, ttft_expected_s=config.ttft_expected_s)
-        self.upstream: Any = None
+        self.upstream: UpstreamProxy | None = None
         self.engine: LiveEngine | None = None
         if config.upstream:
-            from live.upstream import UpstreamProxy
-
             self.upstream = UpstreamProxy(config.upstream, api_key=config.upstream_api_key,
                                           model=config.upstream_model, buffer_tokens=config.upstream_buffer_tokens)
         else:
@@ -644,7 +329,7 @@ class LiveServer:
 
 
 class _EngineTokens:
-    """A streamed response's tokens from the built-in engine (a :class:`live.pump.TokenSource`): its
+    """A streamed response's tokens from the built-in engine (a :class:`live.serve.pump.TokenSource`): its
     sequence, submitted once the headers are out; each token's SSE event as it is decoded."""
 
     def __init__(self, server: LiveServer, request: web.Request, req: CompletionRequest, ps: PacedStream) -> None:

@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controllers import Controller, Decision, Observation
 from controllers.ewma import Ewma
-from live.source import SocketStats, TelemetrySource, socket_cookie
+from live.kernel.source import SocketStats, TelemetrySource, socket_cookie
 from sim.model.control import RateTarget, StreamControl, TransportSnapshot
 
 __all__ = [

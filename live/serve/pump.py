@@ -1,7 +1,7 @@
 """One streamed response's write loop, the same for both backends: register, backpressure, tokens, end.
 
-The built-in engine (:meth:`live.server.LiveServer.stream_engine`) and the upstream proxy
-(:meth:`live.upstream.UpstreamProxy._stream`) each hand :func:`pump` a :class:`TokenSource`: the
+The built-in engine (:meth:`live.serve.app.LiveServer.stream_engine`) and the upstream proxy
+(:meth:`live.serve.backends.upstream.UpstreamProxy._stream`) each hand :func:`pump` a :class:`TokenSource`: the
 SSE events of one response as their backend makes them (the engine's decoded tokens; the upstream's
 events, released at the paced rate). The pump registers the stream with the pacing loop, sends the
 headers, applies TCP backpressure, writes each event and waits until the kernel took it before
@@ -19,8 +19,8 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
-from live.pacing import PacedStream, PacingLoop
-from live.sse import chunked_wire_size
+from live.serve.pacing import PacedStream, PacingLoop
+from live.serve.sse import chunked_wire_size
 
 __all__ = ["TokenSource", "apply_backpressure", "pump", "write_token"]
 

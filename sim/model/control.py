@@ -1,7 +1,7 @@
 """One stream's control step, with time passed in: transport snapshot -> Observation -> decision -> rate.
 
 Once per control interval a driver reads its stream's transport -- the simulator its TCP model
-(``sim/stream.py``), live mode the kernel (``live/pacing.py``: eBPF telemetry and the socket's
+(``sim/stream.py``), live mode the kernel (``live/serve/pacing.py``: eBPF telemetry and the socket's
 SIOCOUTQ) -- into a :class:`TransportSnapshot` and hands it to the stream's :class:`StreamControl`,
 which keeps what spans intervals (the retransmit counter's last value, the reader estimate, the
 rate in force), builds the :class:`controllers.Observation` of DESIGN.md, asks the stream's

@@ -1,7 +1,7 @@
 """What an entry of a run is: ``CONTROLLER`` or ``CONTROLLER@SCHEDULER``, resolved to its controller's
 parameters, the scheduler it runs on and the scenario it runs, plus its label and colour.
 
-The simulator (:mod:`sim.runner`) and the lab (:mod:`live.lab`) both resolve entries with this, so an
+The simulator (:mod:`sim.runner`) and the lab (:mod:`live.lab.lab`) both resolve entries with this, so an
 entry runs on the same scheduler, with the same parameters, and is drawn the same way in both.
 """
 

@@ -9,7 +9,7 @@ reader gives up.
 Display times follow from arrival times alone, so they are computed when tokens arrive; the only
 time-driven event is giving up, at :attr:`ReaderModel.deadline_s` unless more tokens arrive first.
 Time is an argument here: the simulator drives this model on SimPy's clock (:mod:`sim.client`) and
-the live load client on asyncio's (:mod:`live.client`), each with its own timer for the deadline.
+the live load client on asyncio's (:mod:`live.loadgen.client`), each with its own timer for the deadline.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 /* tokenpace TCP telemetry: per-socket aggregates of the tcp:tcp_probe and tcp:tcp_retransmit_skb
  * tracepoints, for the sockets of a server's listening port(s), drained by userspace once per
- * control interval (live/telemetry.py). Nothing is sent to userspace per packet.
+ * control interval (live/kernel/telemetry.py). Nothing is sent to userspace per packet.
  *
  * Units, from include/trace/events/tcp.h:
  *   srtt      = tp->srtt_us >> 3, i.e. the smoothed RTT in MICROSECONDS (srtt_us holds 8 x srtt)
@@ -25,7 +25,7 @@
  * min/max are kept in two slots indexed by the interval number ("epoch") that userspace bumps
  * when it drains; a slot is restarted by the first sample carrying a new epoch.
  *
- * Compile-time parameters (-D from live/telemetry.py):
+ * Compile-time parameters (-D from live/kernel/telemetry.py):
  *   TP_SUB_BITS, TP_MAX_LOG2, TP_NBUCKETS  RTT histogram geometry (log-linear: 2^SUB_BITS buckets
  *                                          per power of two, exact below 2^SUB_BITS us)
  *   TP_MAX_SOCKS                           size of the per-socket map

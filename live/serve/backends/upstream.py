@@ -8,7 +8,7 @@ its public methods: ``eligible``, ``ready_at``, ``spend``; a token may go when t
 the credit accrues at the rate, capped at two tokens), so a live proxied stream is paced exactly like
 a simulated one. An event carrying text (``delta.content`` or ``text``) is a token; other events
 (role only, usage, finish) are forwarded in order without spending credit. Events are forwarded
-byte for byte, by the write loop the built-in engine's streams use too (:func:`live.pump.pump`).
+byte for byte, by the write loop the built-in engine's streams use too (:func:`live.serve.pump.pump`).
 
 When the client leaves, the upstream request is cancelled: its response is closed, which closes
 the connection to the upstream (vLLM and Ollama abort a request whose client went away).
@@ -21,25 +21,36 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from live.pump import pump
-from live.sse import chunked_wire_size, event_data, is_token_event, split_sse
+from live.serve.config import LiveConfig
+from live.serve.pacing import LiveMetrics, PacedStream, PacingLoop
+from live.serve.protocol import ApiError, CompletionRequest
+from live.serve.pump import pump
+from live.serve.sse import chunked_wire_size, event_data, is_token_event, split_sse
 from sim.model.serving import PacingCredit
 
-if TYPE_CHECKING:
-    from live.pacing import PacedStream
-    from live.server import CompletionRequest, LiveServer
-
-__all__ = ["UpstreamProxy", "is_token_event", "split_sse"]
+__all__ = ["StreamHost", "UpstreamProxy"]
 
 log = logging.getLogger("tokenpace.live")
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+class StreamHost(Protocol):
+    """What the proxy needs of the server it runs in (:class:`live.serve.app.LiveServer`): its clock,
+    config, metrics and pacing loop, and a new paced stream for a request."""
+
+    clock: Callable[[], float]
+    config: LiveConfig
+    metrics: LiveMetrics
+    pacing: PacingLoop
+
+    def new_stream(self, request: web.Request, req: CompletionRequest, kind: str) -> PacedStream: ...
 
 
 class UpstreamProxy:
@@ -91,10 +102,8 @@ class UpstreamProxy:
             body.pop("stream_options", None)
         return body
 
-    async def handle(self, server: LiveServer, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
+    async def handle(self, server: StreamHost, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
         assert self.session is not None, "UpstreamProxy.start() was not called"
-        from live.server import ApiError
-
         url = self.base + ("/chat/completions" if req.chat else "/completions")
         try:
             if not req.stream:
@@ -106,7 +115,7 @@ class UpstreamProxy:
         except aiohttp.ClientConnectorError as exc:
             raise ApiError(502, f"upstream {self.base} unreachable: {exc}", type="upstream_error") from None
 
-    async def _stream(self, server: LiveServer, request: web.Request, req: CompletionRequest,
+    async def _stream(self, server: StreamHost, request: web.Request, req: CompletionRequest,
                       url: str) -> web.StreamResponse:
         assert self.session is not None
         ps = server.new_stream(request, req, "upstream")
@@ -128,10 +137,10 @@ class UpstreamProxy:
 
 
 class _UpstreamTokens:
-    """A streamed response's events from the upstream (a :class:`live.pump.TokenSource`): read as fast as
+    """A streamed response's events from the upstream (a :class:`live.serve.pump.TokenSource`): read as fast as
     the upstream sends them (up to ``buffer_tokens`` held), released at the pacing credit's rate."""
 
-    def __init__(self, proxy: UpstreamProxy, server: LiveServer, request: web.Request, ps: PacedStream,
+    def __init__(self, proxy: UpstreamProxy, server: StreamHost, request: web.Request, ps: PacedStream,
                  credit: PacingCredit, up: aiohttp.ClientResponse) -> None:
         self.proxy = proxy
         self.clock = server.clock

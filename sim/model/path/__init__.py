@@ -1,8 +1,8 @@
 """The network path, clock-free: capacity, loss, the bottleneck queue and a scenario path as one model.
 
 Written once and driven twice: ``sim.link`` turns the bottleneck's arrival times into SimPy events,
-``live.tunlink`` into writes of real packets; ``sim.oracle`` reads the same model ahead, and
-``live.faults`` sizes its queues by the same rule. Nothing here imports simpy or asyncio.
+``live.lab.tunlink`` into writes of real packets; ``sim.oracle`` reads the same model ahead, and
+``live.kernel.faults`` sizes its queues by the same rule. Nothing here imports simpy or asyncio.
 
 * ``capacity``: how fast the bottleneck drains (constant, schedule, Mahimahi trace, fault windows);
 * ``loss``: whether a packet is lost (Bernoulli, Gilbert-Elliott, loss-fault windows);

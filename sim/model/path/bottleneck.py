@@ -10,7 +10,7 @@ departure time is known the moment it is enqueued -- its transmission starts whe
 packet has left (or now, if the queue is empty) and lasts as long as the capacity model says. The
 backlog at any instant is the bytes of the packets whose departure lies in the future. Nothing runs
 in the background and time is an argument: the simulator's ``sim.link.Link`` turns each arrival into
-one SimPy event, the live ``live.tunlink`` into one timer deadline.
+one SimPy event, the live ``live.lab.tunlink`` into one timer deadline.
 """
 
 from __future__ import annotations

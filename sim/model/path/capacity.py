@@ -4,7 +4,7 @@ A constant rate, a piecewise-constant schedule, a Mahimahi delivery-opportunity 
 et al., "Mahimahi: Accurate Record-and-Replay for HTTP", USENIX ATC 2015), or any of those with
 fault windows (outages, rate caps, rate factors) laid over it. Each answers one question exactly:
 when does a transmission of n bytes that starts at t finish. Time is an argument; the simulator's
-link (``sim.link``) and the live user-space link (``live.tunlink``) ask the same objects.
+link (``sim.link``) and the live user-space link (``live.lab.tunlink``) ask the same objects.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ faults, the nominal rate and the default queue. Faults are known in advance, so 
 on capacity, loss and delay rather than processes that poke at a link.
 
 Users: the simulator's link (``sim.network.build_path``), the live user-space link
-(``live.tunlink``: the timeline and the conditions before it starts), the oracle's view of the
-future (``sim.oracle``), and the live fault player's queue rule (``live.faults``).
+(``live.lab.tunlink``: the timeline and the conditions before it starts), the oracle's view of the
+future (``sim.oracle``), and the live fault player's queue rule (``live.kernel.faults``).
 
 The model itself holds no state that moves: ``capacity()``, ``loss(rng)`` and ``bottleneck(rng)``
 make fresh objects (a capacity keeps a cursor and a loss model its random stream, so the link and
