@@ -2,15 +2,23 @@
 the host over a link of finite bandwidth) and resumed while its client keeps reading.
 
 The server is the command line a user types (``--scheduler``, a paced controller, eBPF telemetry on
-loopback, ``--record``), with a scenario whose KV memory holds only 100 tokens. Three streams of
-16 prompt + 60 output tokens, paced at a fixed 40 tok/s, are read by this test; their readers read
-at 5 tok/s (the request's hint). Two streams alone need 152 KV tokens to finish, so the scheduler
-must give some stream's memory up and bring it back later: a swap of tens of KV tokens at 128 KiB
-each over the 1 Gb/s host link takes tens of milliseconds each way. Asserted from the recording:
+loopback, ``--record``), with a scenario whose KV memory holds only 140 tokens. Three streams of 60
+output tokens, paced at a fixed 40 tok/s, are read by this test; their readers read at 5 tok/s (the
+request's hint). s0 and s1 (16 prompt tokens) start together; s2 (64 prompt tokens) is sent once
+their clients hold 30 tokens each: by then the kernel's ACKs have shown the scheduler their buffers
+(seconds of reading), and s0 and s1 hold 92 KV tokens, so s2's prefill (65) does not fit although
+memory has not overflowed yet (that takes 53 tokens each): it must wait for memory, and tokenpace
+makes room by giving up the memory of a stream whose buffer covers the round trip. (When s2 was sent
+at a fixed 0.3 s, whether it fit depended on how many tokens s0 and s1 made unpaced before the first
+control tick, and under CPU load it often fit: every preemption was then a memory overflow.) Two
+streams alone need 152 KV tokens to finish, so memory overflows later too. A swap of tens of KV
+tokens at 128 KiB each over the 1 Gb/s host link takes tens of milliseconds each way.
+Asserted from the recording:
 
 * a stream was swapped out and later swapped in, its KV on the host link for a while each way,
   the same number of KV tokens out and back; one preemption was the scheduler's choice (a client
-  buffer, seen through the kernel's ACKs, covering the round trip), not a memory overflow;
+  buffer, seen through the kernel's ACKs, covering the round trip) to make room for s2, not a memory
+  overflow;
 * its client received tokens made before the preemption and after the resume on one open
   connection and, reading at 5 tok/s what arrived at 40, had tokens to read throughout the preemption;
 * every client got every token, in order: the texts equal the engine's deterministic words;
@@ -48,7 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEDULER = "tokenpace"
 RATE_TPS, READING_TPS = 40.0, 5.0
 PROMPT, OUTPUT = 16, 60
-STREAMS = (("s0", 0.0), ("s1", 0.0), ("s2", 0.3))  # (stream id, seconds after the first request)
+STREAMS = (("s0", PROMPT), ("s1", PROMPT), ("s2", 64))  # (stream id, prompt tokens)
+LATE, AFTER_TOKENS = "s2", 30  # s2 is sent once every other stream's client holds this many tokens
+KV_TOKENS = 140
 SEED = 7
 
 
@@ -56,7 +66,7 @@ def scenario(path: Path) -> Path:
     base = yaml.safe_load((ROOT / "scenarios" / "steady-broadband.yaml").read_text())
     base.update(
         name="kv-tiny-live", seed=SEED,
-        server={"d0_s": 0.005, "d1_s": 1e-5, "batch_tokens": 256, "kv_tokens": 100, "max_running": 8,
+        server={"d0_s": 0.005, "d1_s": 1e-5, "batch_tokens": 256, "kv_tokens": KV_TOKENS, "max_running": 8,
                 "preemption": "swap", "swap_gbps": 1.0, "kv_bytes_per_token": 131072},
         controllers={"fixed": {"rate_tps": RATE_TPS}},
     )
@@ -83,14 +93,12 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], log: Path, timeout_s: floa
     raise AssertionError(f"server at {url} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-async def read_stream(session: Any, url: str, sid: str, delay_s: float) -> list[tuple[float, str]]:
-    """(monotonic time received, text) of every token of one streamed response."""
-    await asyncio.sleep(delay_s)
+async def read_stream(session: Any, url: str, sid: str, prompt: int, got: list[tuple[float, str]]) -> None:
+    """Append (monotonic time received, text) of every token of one streamed response to ``got``."""
     body = {"model": "tokenpace-engine", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "max_tokens": OUTPUT,
-            "tokenpace": {"stream_id": sid, "prompt_tokens": PROMPT, "output_tokens": OUTPUT,
+            "tokenpace": {"stream_id": sid, "prompt_tokens": prompt, "output_tokens": OUTPUT,
                           "reading_tps": READING_TPS}}
-    got: list[tuple[float, str]] = []
     async with session.post(url + "/v1/chat/completions", json=body) as r:
         assert r.status == 200, await r.text()
         assert r.headers["x-tokenpace-stream-id"] == sid
@@ -103,7 +111,7 @@ async def read_stream(session: Any, url: str, sid: str, delay_s: float) -> list[
                 if data is None:
                     continue
                 if data == b"[DONE]":
-                    return got
+                    return
                 for ch in json.loads(data)["choices"]:
                     if ch["delta"].get("content"):
                         got.append((now, ch["delta"]["content"]))
@@ -111,9 +119,17 @@ async def read_stream(session: Any, url: str, sid: str, delay_s: float) -> list[
 
 
 async def load(url: str) -> dict[str, list[tuple[float, str]]]:
+    """Every stream's tokens; LATE is sent once the others' clients hold AFTER_TOKENS tokens each."""
+    got: dict[str, list[tuple[float, str]]] = {sid: [] for sid, _ in STREAMS}
+
+    async def one(session: Any, sid: str, prompt: int) -> None:
+        while sid == LATE and any(len(g) < AFTER_TOKENS for s, g in got.items() if s != LATE):
+            await asyncio.sleep(0.005)
+        await read_stream(session, url, sid, prompt, got[sid])
+
     async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(*(read_stream(session, url, sid, d) for sid, d in STREAMS))
-    return {sid: got for (sid, _), got in zip(STREAMS, results, strict=True)}
+        await asyncio.gather(*(one(session, sid, prompt) for sid, prompt in STREAMS))
+    return got
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -177,9 +193,10 @@ def test_a_stream_is_preempted_and_resumed_while_its_client_keeps_reading(tmp_pa
     # a stream was swapped out, and later swapped back in, over the host link
     outs = [r for r in memory if r["event_type"] == "swap_out"]
     assert outs, "no stream was preempted"
-    # tokenpace gave memory up for a waiting request because a client's buffer (its Observation, from the
+    # tokenpace gave memory up for the waiting s2 because a client's buffer (its Observation, from the
     # kernel's ACKs) covered the round trip -- not only when memory overflowed ("kv used+growth > total")
-    assert any(not r["reason"].startswith("kv ") for r in outs), [r["reason"] for r in outs]
+    assert any(r["reason"].startswith("buffer ") and r["reason"].endswith(f"room for {LATE}") for r in outs), \
+        [r["reason"] for r in outs]
     first = outs[0]
     sid = first["req_id"]
     t_out = float(first["time"])
