@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# One core, as the target says: a multi-threaded BLAS under the solver's vector products only adds threads
+# that spin (on a busy machine its CPU time doubled the fluid run's).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from scenarios import LoadedScenario
 from scenarios.loader import parse_scenario

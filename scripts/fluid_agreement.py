@@ -42,12 +42,13 @@ WHY = {
                       "their backlog goes, the fluid class keeps a pooled buffer and backlog (per-stream stalls, "
                       "individual abandonment)",
     "flash-outage": "individual abandonment during the outages (a class's pooled buffer hides its starving readers)",
-    "gpu-overload": "with 80% of the GPU in prefill, discrete steps lengthen with each burst of arrivals (a long step "
-                    "admits more prompts into the next), so a queue and abandonment form that the fluid's mean step "
-                    "does not have",
-    "kv-broadband": "both runs are cut at max_duration_s with requests swapped or queued; the fluid spends 13% more "
-                    "GPU time per token (not explained yet); the Gamma burst is a mean rate with scenario inputs",
-    "kv-mobile": "as kv-broadband, and the LTE fades (per-stream stalls)",
+    "gpu-overload": "with 80% of the GPU in prefill, discrete steps are full-budget prefill steps that admit a few "
+                    "prompts each, in bursts; the fluid's mean step admits smoothly, so its queue and first tokens "
+                    "are shorter (throughput and GPU busy met with --inputs requests)",
+    "kv-broadband": "the Gamma burst is a mean rate with scenario inputs, so the KV queue it builds is not the drawn "
+                    "one (met with --inputs requests)",
+    "kv-mobile": "as kv-broadband; with the drawn requests GPU busy is 5.2% over (the running tail after the "
+                 "arrivals stop, see the fluid model text)",
     "shared-bottleneck": "200 drawn requests are not the distribution (met with --inputs requests)",
     "wifi-fade": "during the 200 kbit/s fade the class's pooled backlog delays every first token; discrete readers of "
                  "stuck streams give up and their bytes go (individual abandonment, per-stream stalls)",

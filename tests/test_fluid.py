@@ -89,7 +89,7 @@ def test_fluid_queue_grows_at_the_difference() -> None:
     m.set_segment(0.0, 0.0, [0])
     y = m.initial()
     v = m.lay.split(y)
-    v["run"][0, :] = 5.0  # 20 requests at 1 token per 20 ms step: 1000 tokens/s = 256,000 B/s written
+    v["run"][0, m.live[0]] = 20 / m.stages[0]  # 20 requests, 1 token per 20 ms step: 256,000 B/s written
     v["inq"][0] = 50_000.0
     v["cwnd"][0] = 1000.0  # the window does not limit
     dv = m.lay.split(m.rhs(0.0, y))

@@ -55,6 +55,7 @@ from sim.fluid.pacing import pacing_law
 from sim.model.workload import Request, draw_requests
 
 SAMPLE_S = 0.5  # the time series' resolution (server.csv, links.csv)
+RUN_TIME_DRAWS = 20000  # requests drawn (arrival time and class sample) for the run time
 DONE_BELOW = 0.01  # requests (per replica) still unread when the run may end (after the last arrival)
 SCHEDULERS = ("fcfs",)
 NULL_KEYS = ("qoe_mean", "qoe_p10", "slo_attainment", "ttft_p50_s", "ttft_p99_s", "itl_p50_s",
@@ -181,7 +182,7 @@ def simulate(loaded: LoadedScenario, controller: str = "unpaced", params: dict[s
     order = np.argsort(np.array(ts), kind="stable")
     run = FluidRun(model, classes, arrivals, paths, np.array(ts)[order], np.array(ys)[order], replicas, end_s,
                    0.0, calls[0])
-    run.summary = _summary(run, scn.server.kv_tokens, reqs)
+    run.summary = _summary(run, scn.server.kv_tokens, reqs, horizon)
     run.wall_s = time.perf_counter() - wall0
     return run
 
@@ -206,7 +207,8 @@ def _first_reach(cum: np.ndarray, t: np.ndarray, target: np.ndarray) -> np.ndarr
 
 def _at_arrival(run: FluidRun, node: dict[str, np.ndarray], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """For requests arriving at ``a``: time to first token and generation rate per class, (len(a), C)
-    each, and the readers' mean share of their pace (1 - the stall share)."""
+    each, and the readers' mean share of their pace the network lets them read at (1 - the share of reading
+    time stalled with the class's tokens in the network; stalls waiting for the GPU are in the ends' catch-up)."""
     m, t, cl = run.model, run.t, run.classes
     views = [m.lay.split(y) for y in run.y]
     arrived = np.array([v["acc_c"][0].sum() for v in views])
@@ -223,13 +225,49 @@ def _at_arrival(run: FluidRun, node: dict[str, np.ndarray], a: np.ndarray) -> tu
     step = np.interp(a, t, node["busy"] * node["tau"] / 2 + m.srv.d0_s + m.srv.d1_s * node["decodes"])
     ttft = (wait + step)[:, None] + m.srv.d1_s * cl.prompt[None, :] + delay[:, cl.path]
     gamma = np.stack([np.interp(a, t, node["gamma"][:, c]) for c in range(len(cl))], axis=1)
-    read_area, stall_area = run.acc("read_area"), run.acc("stall_area")
-    return ttft, gamma, 1.0 - (stall_area / read_area if read_area > 0 else 0.0)
+    read_area, net_stall = run.acc("read_area"), run.acc("net_stall_area")
+    return ttft, gamma, 1.0 - (net_stall / read_area if read_area > 0 else 0.0)
 
 
-def _run_time(run: FluidRun, node: dict[str, np.ndarray], requests: list[Request] | None) -> float:
+def _cumulative(t: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """The integral of ``rate`` (sampled at ``t``) from ``t[0]``, by trapezoids."""
+    return np.concatenate([[0.0], np.cumsum(np.diff(t) * (rate[1:] + rate[:-1]) / 2)])
+
+
+def _ends(run: FluidRun, node: dict[str, np.ndarray], cls: np.ndarray, first: np.ndarray, out: np.ndarray,
+          rd: np.ndarray, pace: float, horizon: float) -> np.ndarray:
+    """When each request (its class, first token, output and reading pace) is read to the end.
+
+    Its tokens come at its class's generation rate over time (which changes as the batch and the steps do:
+    the rate at arrival alone misses a queue that drains). Its reader shows token i at
+    max(made_i, shown_{i-1} + 1 / pace), so the last is shown at max over i of made_i + (out - 1 - i) / pace:
+    a reader that catches up with generation waits for it, one that does not reads at its pace. ``pace`` is
+    the share of their pace the readers get from the network (1 - the stall share no generation explains).
+    As in the discrete run, a stream generated before the horizon is read past it (its display times are
+    set as its tokens arrive) and one that is not is cut at the horizon."""
+    t = run.t
+    ends = np.empty(len(cls))
+    for c in np.unique(cls):
+        sel = np.flatnonzero(cls == c)
+        g = node["gamma"][:, c]
+        cum = _cumulative(t, g)
+        f, n, r = first[sel], out[sel] - 1, rd[sel] * pace
+        target = np.interp(f, t, cum) + n
+        made = np.where(target > cum[-1], t[-1] + (target - cum[-1]) / max(float(g[-1]), 1e-9),
+                        _first_reach(cum, t, np.minimum(target, cum[-1])))
+        # made_i + (n - i) / r at every sample between the first token and the last
+        i = np.clip(cum[None, :] - np.interp(f, t, cum)[:, None], 0.0, n[:, None])
+        inside = (t[None, :] >= f[:, None]) & (t[None, :] <= made[:, None])
+        catch = np.max(np.where(inside, t[None, :] + (n[:, None] - i) / r[:, None], -np.inf), axis=1, initial=-np.inf)
+        ends[sel] = np.where(made > horizon, horizon, np.maximum.reduce([made, f + n / r, catch]))
+    return ends
+
+
+def _run_time(run: FluidRun, node: dict[str, np.ndarray], requests: list[Request] | None, horizon: float) -> float:
+    """When the last request is read to the end: the max over the drawn requests, or over the scenario's
+    (``RUN_TIME_DRAWS`` draws of arrival time and request, each standing for its share of the expected
+    requests) the time by which fewer than ln 2 expected requests are still unread (the median of the max)."""
     cl = run.classes
-    last = run.end_s if run.end_s < run.t[-1] else run.t[-1]
     if requests is not None:
         names = [p.name for p in run.paths]
         out = np.array([r.output_tokens for r in requests], dtype=float)
@@ -239,30 +277,27 @@ def _run_time(run: FluidRun, node: dict[str, np.ndarray], requests: list[Request
         dist = (np.abs(np.log(out[:, None] / cl.output[None, :])) + np.abs(np.log(rd[:, None] / cl.reading[None, :]))
                 + 1e9 * (path[:, None] != cl.path[None, :]))
         cls = np.argmin(dist, axis=1)
-        ttft, gamma, pace = _at_arrival(run, node, np.array([r.arrival_s for r in requests]))
-        i = np.arange(len(requests))
-        ends = (np.array([r.arrival_s for r in requests]) + ttft[i, cls]
-                + np.maximum((out - 1) / np.maximum(gamma[i, cls], 1e-9), (out - 1) / (rd * pace)))
-        return float(min(np.max(ends), last))
-    pick = np.random.default_rng(0).choice(len(cl.samples_class), size=min(4000, len(cl.samples_class)),
-                                           replace=False)
-    s_cls, s_out, s_rd = cl.samples_class[pick], cl.samples_output[pick], cl.samples_reading[pick]
+        arrival = np.array([r.arrival_s for r in requests])
+        ttft, _, pace = _at_arrival(run, node, arrival)
+        first = arrival + ttft[np.arange(len(requests)), cls]
+        return float(np.max(_ends(run, node, cls, first, out, rd, pace, horizon)))
+    rng = np.random.default_rng(0)
     a = np.arange(0.0, run.arrivals.end_s, SAMPLE_S) + SAMPLE_S / 2
     expected = np.array([run.arrivals.at(x) for x in a]) * SAMPLE_S  # arrivals per grid cell
-    ttft, gamma, pace = _at_arrival(run, node, a)
-    ends = (a[:, None] + ttft[:, s_cls]
-            + np.maximum((s_out - 1) / np.maximum(gamma[:, s_cls], 1e-9), ((s_out - 1) / (s_rd * pace))[None, :]))
-    weights = np.repeat(expected / len(pick), len(pick))
-    ends = ends.ravel()
+    cell = rng.choice(len(a), size=RUN_TIME_DRAWS, p=expected / expected.sum())
+    pick = rng.choice(len(cl.samples_class), size=RUN_TIME_DRAWS)
+    s_cls, s_out, s_rd = cl.samples_class[pick], cl.samples_output[pick], cl.samples_reading[pick]
+    ttft, _, pace = _at_arrival(run, node, a)
+    ends = _ends(run, node, s_cls, a[cell] + ttft[cell, s_cls], s_out, s_rd, pace, horizon)
     order = np.argsort(ends)[::-1]
-    unfinished = np.cumsum(weights[order])  # expected requests ending after ends[order][i]
+    unfinished = np.arange(1, len(order) + 1) * (expected.sum() / RUN_TIME_DRAWS)  # expected still unread
     i = int(np.searchsorted(unfinished, math.log(2)))
-    return float(min(ends[order][min(i, len(order) - 1)], last))
+    return float(ends[order][min(i, len(order) - 1)])
 
 
-def _summary(run: FluidRun, kv_tokens: int, requests: list[Request] | None) -> dict[str, Any]:
+def _summary(run: FluidRun, kv_tokens: int, requests: list[Request] | None, horizon: float) -> dict[str, Any]:
     node = _node_series(run)
-    run_time = _run_time(run, node, requests)
+    run_time = _run_time(run, node, requests, horizon)
     t = run.t
     upto = t <= run_time
     arrived, done = run.acc("arrived"), run.acc("done")
