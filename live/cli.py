@@ -447,8 +447,10 @@ def _client_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, help="stop after S seconds (default: scenario max, <= 600)")
     p.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
     p.add_argument("--sync-stdin", action="store_true",
-                   help="once the server answers, print READY and wait for a line `T0 <monotonic>` on stdin: time 0 "
-                   "of the load (how the lab starts load, recording and path timeline together)")
+                   help='speak the lab\'s JSON lines (live.lab.protocol): once the server answers, print {"event": '
+                   '"ready"} and wait for {"cmd": "t0", "t0": T} on stdin, T a time.monotonic() instant: time 0 of '
+                   "the load (how the lab starts load, recording and path timeline together); at the end print "
+                   '{"event": "exit", "summary": ...}')
     p.add_argument("--bind", action="append", default=[], metavar="PATH=ADDR",
                    help="requests the scenario puts on PATH connect from local address ADDR (repeatable; the "
                    "lab gives each path its own client address)")
@@ -499,21 +501,24 @@ def _validate_client(argv: list[str]) -> ClientConfig:
 
 
 def _start_client(cfg: ClientConfig) -> int:
-    from live.lab.protocol import parse_epoch_line
+    from live.lab.protocol import ProtocolError, emit, read_t0
     from live.loadgen.client import run_load
 
     async def t0_from_stdin() -> float:
-        print("READY", flush=True)
+        emit("ready")
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        t0 = parse_epoch_line(line)
-        if t0 is None:
-            raise BadInput("--sync-stdin", f"expected a line `T0 <monotonic>` on stdin, got {line.strip()!r}")
-        return t0
+        try:
+            return read_t0(line)
+        except ProtocolError as exc:
+            raise BadInput("--sync-stdin", str(exc)) from None
 
     result = asyncio.run(run_load(cfg.url, cfg.streams, cfg.loaded, cfg.out, seed=cfg.seed,
                                   time_limit_s=cfg.time_limit_s, endpoint=cfg.endpoint,
                                   start_at=t0_from_stdin if cfg.sync_stdin else None, bind=cfg.bind or None))
-    print(result.summary())
+    if cfg.sync_stdin:
+        emit("exit", summary=result.summary())
+    else:
+        print(result.summary())
     return 0
 
 

@@ -70,7 +70,7 @@ def test_unknown_cc_exits_2_naming_it():
 
 def test_connect_failure_is_reported_in_the_exit_json():
     """Nothing listens on 127.0.0.1:1 (loopback, root namespace: no traffic leaves the machine)."""
-    from live.lab.protocol import epoch_line
+    from live.lab.protocol import send
 
     proc = subprocess.Popen([sys.executable, "-m", "live.lab.crosstraffic", "send", "--to", "127.0.0.1:1",
                              "--flows", "2", "--start-s", "0", "--stop-s", "0.3", "--cc", "reno"],
@@ -78,7 +78,8 @@ def test_connect_failure_is_reported_in_the_exit_json():
                             env=_env())
     assert proc.stdout is not None and proc.stdin is not None
     assert json.loads(proc.stdout.readline()) == {"event": "ready"}
-    out, err = proc.communicate(epoch_line(time.monotonic()), timeout=20)
+    send(proc.stdin, "t0", t0=time.monotonic())
+    out, err = proc.communicate(timeout=20)
     exit_msg = json.loads(out.strip().splitlines()[-1])
     assert proc.returncode == 1
     assert exit_msg["event"] == "exit" and len(exit_msg["errors"]) == 2

@@ -336,6 +336,24 @@ def test_rate_schedule_step_shows_in_throughput(live: None) -> None:
     assert max(after) <= 4.5
 
 
+def test_control_speaks_json_lines_and_answers_anything_else_with_an_error(live: None) -> None:
+    """The child's stdin: JSON commands (live.lab.protocol); the old text commands get an error event."""
+    from live.lab.protocol import send
+
+    with tun_pair(_path(rate_mbps=10, rtt_ms=10), [], REPO) as pair:
+        stdin = pair.link.proc.stdin
+        assert stdin is not None
+        stdin.write("start 1.0\n")
+        stdin.flush()
+        assert "not a JSON object: 'start 1.0'" in pair.link._wait_for("error", 5)["error"]
+        send(stdin, "bogus")
+        assert pair.link._wait_for("error", 5)["error"] == "unknown command 'bogus' (start, stats, quit)"
+        t0 = time.monotonic()
+        assert pair.link.start_clock(t0) == t0  # {"cmd": "start", "t0": T} -> {"event": "started", "t0": T}
+        assert pair.link.stats()["io"]["write_errors"] == 0
+    assert pair.link.final_stats is not None
+
+
 def test_cleanup_after_exit_error_sigterm_and_sigkill(live: None) -> None:
     """(g) Nothing left: not after a normal exit, an exception, SIGTERM of the caller, or SIGKILL of it
     (the link process notices its parent is gone and removes everything itself)."""

@@ -16,7 +16,7 @@ simulator's bulk connections, each flow
   so the handshake already belongs to it, and the kernel's default (``net.ipv4.tcp_congestion_control``)
   is not touched (the paced server sets its own connections' likewise);
 * starts at ``start_s`` and is aborted at ``stop_s`` on the scenario's clock. Time 0 comes from the
-  lab as for the server and the client (an :func:`live.lab.protocol.epoch_line` on the sender's stdin). The
+  lab as for the server and the client (``{"cmd": "t0", ...}`` on the sender's stdin, :mod:`live.lab.protocol`). The
   abort is an RST (``SO_LINGER`` 0): what is still in the send buffer is thrown away, as
   ``TcpConnection.close`` stops a simulated flow at once. A graceful close would let the kernel
   drain up to a few MB of send buffer into the bottleneck after ``stop_s`` -- seconds at 8 Mbit/s.
@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import queue
 import selectors
 import signal
 import socket
@@ -65,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live.kernel.netns import VethPair
-from live.lab.protocol import emit, epoch_line, parse_epoch_line
+from live.lab.protocol import Events, ProtocolError, emit, read_t0, send
 
 if TYPE_CHECKING:
     from scenarios.schema import CrossTraffic as CrossTrafficSpec
@@ -178,7 +176,7 @@ def run_sink(host: str, port: int) -> int:
         conns.discard(c)
         c.close()
 
-    emit({"event": "ready", "port": lsock.getsockname()[1]})
+    emit("ready", port=lsock.getsockname()[1])
     while not stopping.is_set():
         for key, _ in sel.select():
             what = key.data
@@ -202,7 +200,7 @@ def run_sink(host: str, port: int) -> int:
         drain(c)
         drop(c)
     lsock.close()
-    emit({"event": "exit", "bytes": total, "connections": accepted})
+    emit("exit", bytes=total, connections=accepted)
     return 0
 
 
@@ -284,7 +282,8 @@ class _Flow:
 
 
 def _read_epoch(stop: threading.Event) -> float | None:
-    """Time 0 from the first stdin line (None: EOF, a stop, or a line that is not an epoch line)."""
+    """Time 0 from the first stdin line, a ``{"cmd": "t0", ...}`` (None: EOF or a stop; a line that is
+    not a t0 command is reported on stderr and taken as a stop)."""
     box: list[str] = []
 
     def read() -> None:
@@ -296,7 +295,13 @@ def _read_epoch(stop: threading.Event) -> float | None:
     while not stop_reading.wait(0.1):
         if stop.is_set():
             return None
-    return parse_epoch_line(box[0]) if box and box[0] else None
+    if not box or not box[0]:
+        return None
+    try:
+        return read_t0(box[0])
+    except ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _sleep_until(stop: threading.Event, deadline: float | None) -> bool:
@@ -319,16 +324,16 @@ def run_sender(dest: tuple[str, int], flows: int, start_s: float, stop_s: float 
     stop = threading.Event()
     _install_stop_handlers(stop.set)
     _watch_parent(stop, stop.set)
-    emit({"event": "ready"})
+    emit("ready")
     t0 = _read_epoch(stop)
-    out: dict[str, Any] = {"event": "exit", "cc": cc, "flows": flows, "t0": t0, "bytes_sent": [], "bytes_acked": [],
+    out: dict[str, Any] = {"cc": cc, "flows": flows, "t0": t0, "bytes_sent": [], "bytes_acked": [],
                            "retrans_segs": [], "cc_effective": [], "connected_at_s": [], "started_at_s": None,
                            "stopped_at_s": None, "errors": []}
     if t0 is None:  # EOF or a stop before time 0: nothing was started
-        emit(out)
+        emit("exit", **out)
         return 0
     if _sleep_until(stop, t0 + start_s) or (stop_s is not None and stop_s <= start_s):
-        emit(out)
+        emit("exit", **out)
         return 0
     out["started_at_s"] = round(time.monotonic() - t0, 6)
     running = [_Flow(i, dest, cc, bind, t0) for i in range(flows)]
@@ -346,7 +351,7 @@ def run_sender(dest: tuple[str, int], flows: int, start_s: float, stop_s: float 
     out["cc_effective"] = [f.cc_effective for f in running]
     out["connected_at_s"] = [None if f.connected_at_s is None else round(f.connected_at_s, 6) for f in running]
     out["errors"] = [f.error for f in running if f.error]
-    emit(out)
+    emit("exit", **out)
     return 1 if out["errors"] else 0
 
 
@@ -367,11 +372,11 @@ def _parser() -> argparse.ArgumentParser:
     sink.add_argument("--port", type=int, required=True, help="port to listen on (0: any; the ready line says which)")
     send = sub.add_parser(
         "send", help="bulk flows with an endless backlog, from time 0 + START to time 0 + STOP",
-        description='Prints {"event": "ready"}, then reads one line "T0 <time.monotonic() value>" from stdin: '
-                    "time 0 of the scenario. At T0 + START it opens FLOWS connections to ADDR:PORT with the "
-                    "congestion control CC (set per socket before connect) and keeps each send buffer full "
-                    "until T0 + STOP (with STOP none: until SIGTERM / SIGINT), then aborts them (RST) and "
-                    'prints {"event": "exit", "bytes_sent": [...], "bytes_acked": [...], "cc": CC, '
+        description='Prints {"event": "ready"}, then reads one line {"cmd": "t0", "t0": T} from stdin, T a '
+                    "time.monotonic() value: time 0 of the scenario. At T0 + START it opens FLOWS connections "
+                    "to ADDR:PORT with the congestion control CC (set per socket before connect) and keeps each "
+                    "send buffer full until T0 + STOP (with STOP none: until SIGTERM / SIGINT), then aborts them "
+                    '(RST) and prints {"event": "exit", "bytes_sent": [...], "bytes_acked": [...], "cc": CC, '
                     '"started_at_s": ..., "stopped_at_s": ..., "errors": [...]} with times relative to T0. '
                     "Exits 2 if CC is not in " + AVAILABLE_CC_FILE + ", 1 if a flow failed.")
     send.add_argument("--to", required=True, metavar="ADDR:PORT", help="the sink")
@@ -412,27 +417,15 @@ class _Child:
 
     def __init__(self, name: str, proc: subprocess.Popen[str]) -> None:
         self.name, self.proc = name, proc
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.exit: dict[str, Any] | None = None
+        self.events = Events(proc, f"cross-traffic {name}")
         self.stderr_tail: list[str] = []
-        self._threads = [threading.Thread(target=self._read_stdout, daemon=True, name=f"{name}-out"),
-                         threading.Thread(target=self._read_stderr, daemon=True, name=f"{name}-err")]
-        for t in self._threads:
-            t.start()
+        self._stderr = threading.Thread(target=self._read_stderr, daemon=True, name=f"{name}-err")
+        self._stderr.start()
 
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        with contextlib.suppress(OSError, ValueError):
-            for line in self.proc.stdout:
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict):
-                    if msg.get("event") == "exit":
-                        self.exit = msg
-                    self.events.put(msg)
-        self.events.put(None)
+    @property
+    def exit(self) -> dict[str, Any] | None:
+        """Its exit event, once sent."""
+        return self.events.exit
 
     def _read_stderr(self) -> None:
         if self.proc.stderr is None:
@@ -442,25 +435,22 @@ class _Child:
                 self.stderr_tail = [*self.stderr_tail[-19:], line.rstrip()]
 
     def wait_ready(self, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                msg = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise CrossTrafficError(f"cross-traffic {self.name} not ready within {timeout_s:g} s") from None
-            if msg is None:
+        try:
+            return self.events.wait("ready", timeout_s)
+        except TimeoutError:
+            raise CrossTrafficError(f"cross-traffic {self.name} not ready within {timeout_s:g} s") from None
+        except ProtocolError as exc:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # it ended, or will: its last words
                 self.proc.wait(STOP_TIMEOUT_S)
-                raise CrossTrafficError(f"cross-traffic {self.name} exited (rc={self.proc.returncode}) before it "
-                                        f"was ready: {' | '.join(self.stderr_tail[-3:])}")
-            if msg.get("event") == "ready":
-                return msg
+                self._stderr.join(2.0)
+            raise CrossTrafficError(f"{exc}: {' | '.join(self.stderr_tail[-3:])}") from None
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, Any]:
         """SIGTERM to its process group, wait, SIGKILL after ``timeout_s``; its exit JSON plus ``rc``."""
         proc = self.proc
         VethPair.stop(proc, timeout_s)
-        for t in self._threads:
-            t.join(2.0)
+        self.events.join(2.0)
+        self._stderr.join(2.0)
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f is not None:
                 with contextlib.suppress(OSError, ValueError):
@@ -495,7 +485,7 @@ class CrossTraffic:
             raise CrossTrafficError("the sender has no stdin")
         self.t0 = t0
         try:
-            stdin.write(epoch_line(t0))
+            send(stdin, "t0", t0=t0)
             stdin.close()  # the sender watches its parent pid instead of stdin from here on
         except (BrokenPipeError, ValueError) as exc:
             raise CrossTrafficError(f"cross-traffic sender is gone (rc={self._sender.proc.poll()})") from exc

@@ -57,7 +57,6 @@ import contextlib
 import json
 import math
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -69,7 +68,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from live.lab.protocol import epoch_line
+from live.lab.protocol import ProtocolError, read_message, send, wait_event
 
 __all__ = ["LabError", "LabPlan", "main", "plan_path", "run", "trace_schedule", "validate"]
 
@@ -203,7 +202,9 @@ def _check_congestion_control(cc: str) -> None:
 
 # --------------------------------------------------------------------------- processes
 def _wait_ready(ns_b: str, url: str, proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
-    """GET /healthz from the client's namespace until the server answers (it answers after its probes load)."""
+    """GET /healthz from the client's namespace until the server answers: what it runs (mode, controller,
+    scheduler, for the log), and that the path carries its traffic (after its "ready" event it should answer
+    at once)."""
     from live.kernel.netns import in_netns
 
     deadline = time.monotonic() + timeout_s
@@ -220,23 +221,12 @@ def _wait_ready(ns_b: str, url: str, proc: subprocess.Popen[str], timeout_s: flo
     raise LabError(f"server at {url} not ready after {timeout_s:g} s")
 
 
-def _wait_line(proc: subprocess.Popen[str], want: str, timeout_s: float, what: str) -> None:
-    """Read ``proc``'s stdout until a line equal to ``want`` (lines before it are ignored)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LabError(f"{what} did not say {want} within {timeout_s:g} s")
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if not ready:
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise LabError(f"{what} exited (rc={proc.wait()}) before it was ready: {err.strip()[-1500:]}")
-        if line.strip() == want:
-            return
+def _wait_event(proc: subprocess.Popen[str], event: str, timeout_s: float, what: str) -> dict[str, Any]:
+    """:func:`live.lab.protocol.wait_event`, its failures as :class:`LabError`."""
+    try:
+        return wait_event(proc, event, timeout_s, what)
+    except (TimeoutError, ProtocolError) as exc:
+        raise LabError(str(exc)) from None
 
 
 def _stop(proc: subprocess.Popen[str] | None, sig: int = signal.SIGINT, timeout_s: float = 15.0) -> None:
@@ -365,7 +355,7 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
                   pair.if_a, "--duration", f"{time_limit_s + 60:g}"] + (["--tcp-congestion", cc] if cc else [])
     if scheduler is not None:
         server_cmd += ["--scheduler", scheduler]
-    server = pair.popen("a", server_cmd, stdout=subprocess.DEVNULL, stdin=subprocess.PIPE)
+    server = pair.popen("a", server_cmd, stdin=subprocess.PIPE)
     client: subprocess.Popen[str] | None = None
     try:
         # The path's slow set-up (compiling the dropper takes seconds here) while the server compiles
@@ -378,6 +368,7 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
                     port=CROSS_PORT + k))))
             except CrossTrafficError as exc:
                 raise LabError(f"cross traffic on path {path}: {exc}") from None
+        _wait_event(server, "ready", READY_TIMEOUT_S, "server")
         health = _wait_ready(pair.ns_b, url, server, READY_TIMEOUT_S)
         log(f"[lab]   server ready in {time.monotonic() - t_start:.1f} s ({health.get('mode')} mode, "
             f"controller {health.get('controller')}, scheduler {(health.get('engine') or {}).get('scheduler')})")
@@ -391,13 +382,13 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
             for path_name, addr in addrs.items():
                 client_cmd += ["--bind", f"{path_name}={addr}"]
         client = pair.popen("b", client_cmd, stdin=subprocess.PIPE)
-        _wait_line(client, "READY", CLIENT_READY_TIMEOUT_S, "load client")
+        _wait_event(client, "ready", CLIENT_READY_TIMEOUT_S, "load client")
         # One time 0 for the load's arrivals, the server's recording and the path's timeline (faults,
         # rate schedule, trace): a moment just ahead, so that all three are in place before it.
         t0 = time.monotonic() + EPOCH_LEAD_S
         for proc in (server, client):
             assert proc.stdin is not None
-            proc.stdin.write(epoch_line(t0))
+            send(proc.stdin, "t0", t0=t0)
             proc.stdin.close()  # EOF: their stdin readers end (asyncio waits for its executor's threads)
             proc.stdin = None  # communicate() must not flush it
         timeline.start(t0)
@@ -413,8 +404,13 @@ def _run_controller(pair: Any, timeline: Any, *, scenario_file: Path, controller
         if client.returncode != 0:
             raise LabError(f"load client for {controller} failed (rc={client.returncode}): {c_err.strip()[-1500:]}")
         path_summary = timeline.summary()
-        for line in (c_out or "").strip().splitlines()[-3:]:
-            log(f"[lab]   client: {line}")
+        try:
+            said = [read_message(line) for line in (c_out or "").splitlines()]
+        except ProtocolError as exc:
+            raise LabError(f"load client for {controller}: {exc}") from None
+        for msg in said:
+            if msg is not None and msg.get("event") == "exit":
+                log(f"[lab]   client: {msg.get('summary')}")
     finally:
         _stop(client, signal.SIGTERM)
         flows.close()

@@ -1,7 +1,9 @@
 """The server of one lab run, ``python -m live.lab.serve_child``: started by the lab inside namespace a,
 it is ``python -m live`` without its own fault player (the lab shapes the path), with eBPF telemetry,
-recording into the entry's folder, and stopping cleanly on SIGINT/SIGTERM. Each ``T0 <monotonic>`` line
-on its stdin (:mod:`live.lab.protocol`) makes that instant time 0 of the recording, the load's start.
+recording into the entry's folder, and stopping cleanly on SIGINT/SIGTERM. It speaks the JSON lines of
+:mod:`live.lab.protocol`: ``{"event": "ready", "url": ...}`` on stdout once it serves, ``{"event": "exit"}``
+when it has stopped; each ``{"cmd": "t0", "t0": T}`` on its stdin makes the ``time.monotonic()`` instant T
+time 0 of the recording, the load's start.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from live.lab.lab import entry_plan
-from live.lab.protocol import parse_epoch_line
+from live.lab.protocol import ProtocolError, emit, read_t0
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve one entry of a scenario until SIGINT/SIGTERM, time 0 from stdin."""
-    p = argparse.ArgumentParser(prog="python -m live.lab.serve_child")
+    p = argparse.ArgumentParser(prog="python -m live.lab.serve_child",
+                                description="Serve one entry of a scenario for the lab. stdout: "
+                                '{"event": "ready", ...} once serving, {"event": "exit"} at the end; stdin: '
+                                '{"cmd": "t0", "t0": T} lines, T a time.monotonic() instant: time 0 of the '
+                                "recording (see live.lab.protocol).")
     p.add_argument("--scenario", required=True)
     p.add_argument("--controller", required=True, help="the entry: CONTROLLER or CONTROLLER@SCHEDULER")
     p.add_argument("--scheduler", help="the scheduler the engine runs (default: the entry's, else the scenario's)")
@@ -57,15 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         return BccTelemetry(ports=[port], interval_s=config.control_interval_s)
 
     async def read_epochs(server: Any) -> None:
-        """``T0 <monotonic>`` lines from the lab: time 0 of the recording = the load's start."""
+        """``{"cmd": "t0", ...}`` lines from the lab: time 0 of the recording = the load's start."""
         loop = asyncio.get_running_loop()
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:
                 return
-            t0 = parse_epoch_line(line)
-            if t0 is not None:
-                server.state.rebase_epoch(t0)
+            if not line.strip():
+                continue
+            try:
+                server.state.rebase_epoch(read_t0(line))
+            except ProtocolError as exc:
+                print(f"[serve_child] {exc}", file=sys.stderr)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready(server: Any) -> None:
             readers.append(loop.create_task(read_epochs(server)))
+            emit("ready", url=f"http://{args.host}:{args.port}")
 
         task = asyncio.ensure_future(serve(config, telemetry, ready=ready))
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             r.cancel()
 
     asyncio.run(run())
+    with contextlib.suppress(OSError):  # the lab may have stopped listening
+        emit("exit")
     return 0
 
 

@@ -36,10 +36,13 @@ t=0. Packets still queued at the start are carried over into the timeline's queu
 The shuttle runs in a child process (``python -m live.lab.tunlink``) so that it never fights the caller
 for the GIL: one thread, epoll over both TUN fds, a control pipe and a ``timerfd`` armed (in
 nanoseconds, absolute CLOCK_MONOTONIC) at the earliest pending arrival — epoll's own timeout is
-millisecond-granular. The parent talks to it over stdin/stdout, one line each way:
+millisecond-granular. The parent talks to it over stdin/stdout in the JSON lines of
+:mod:`live.lab.protocol`:
 
-* ``start [T]`` -> ``{"event": "started", "t0": T}`` (T: a ``time.monotonic()`` instant; default now);
-* ``stats`` -> ``{"event": "stats", ...}``;  ``quit`` (or EOF: the parent died) -> ``{"event": "exit", ...}``.
+* ``{"cmd": "start", "t0": T}`` -> ``{"event": "started", "t0": T}`` (T: a ``time.monotonic()`` instant;
+  without it, now);
+* ``{"cmd": "stats"}`` -> ``{"event": "stats", ...}``;  ``{"cmd": "quit"}`` (or EOF: the parent died)
+  -> ``{"event": "exit", ...}``; anything else -> ``{"event": "error", "error": ...}``.
 
 The child runs SCHED_FIFO (``rt_priority``, default 10; its own children do not inherit it). It sleeps
 between packets, so it takes only the CPU the traffic needs (~14 % of a core at 10 Mbit/s), but when it
@@ -79,7 +82,6 @@ import itertools
 import json
 import math
 import os
-import queue
 import resource
 import select
 import signal
@@ -98,7 +100,7 @@ from typing import Any
 import numpy as np
 
 from live.kernel.netns import NETNS_DIR, VethPair, die_with_parent, run
-from live.lab.protocol import emit
+from live.lab.protocol import Events, ProtocolError, emit, read_message, send
 from sim.model.path import Bottleneck, ConstantCapacity, LossModel, PathModel
 
 __all__ = [
@@ -605,17 +607,18 @@ with the simulator's own link model. Needs root.
 Packets a -> b (the downlink) cross the path's bottleneck: random loss (the path's loss model and loss
 faults), a drop-tail queue of queue_bytes, the rate (constant, schedule or Mahimahi trace, with rate and
 outage faults), then rtt/2 plus any delay fault. Packets b -> a get rtt/2, nothing else. Time 0 of the
-path's timeline is `start` on stdin (or --start-now); before it the t=0 conditions hold.
+path's timeline is {"cmd": "start"} on stdin (or --start-now); before it the t=0 conditions hold.
 
 This process runs in the root namespace, holds both TUN fds and shuttles the packets; when it exits the
 devices vanish, and so do the namespaces it created (or all of them with --delete-netns)."""
 
 _EPILOG = """\
-control (stdin, one command a line):
-  start [T]   t=0 of the path = T, a time.monotonic() instant (default: now)
-  stats       print the counters (packets/bytes each way, drops, max backlog, lateness, CPU)
-  quit        exit (so does EOF: the parent is gone)
-stdout: JSON lines -- {"event": "ready", ...} first, then "started" / "stats", {"event": "exit", ...} last.
+control (stdin, one JSON command a line; see live.lab.protocol):
+  {"cmd": "start", "t0": T}   t=0 of the path = T, a time.monotonic() instant (without "t0": now)
+  {"cmd": "stats"}            print the counters (packets/bytes each way, drops, max backlog, lateness, CPU)
+  {"cmd": "quit"}             exit (so does EOF: the parent is gone)
+stdout: JSON lines -- {"event": "ready", ...} first, then "started" / "stats" / "error" replies,
+{"event": "exit", ...} last.
 
 example:
   python -m live.lab.tunlink flash-outage --path mobile --name demo --start-now --no-control &
@@ -748,10 +751,9 @@ def main(argv: list[str] | None = None) -> int:
         link.sched = _set_realtime(args.rt_priority)
         if args.start_now:
             link.start_clock()
-        emit({"event": "ready", "pid": os.getpid(), "ns_a": ns_a, "ns_b": ns_b, "if_a": if_a, "if_b": if_b,
-               "addr_a": addr_a, "addr_b": addrs_b[0],
-               "addrs_b": {p.name: a for p, a in zip(plays, addrs_b, strict=True)},
-               "queue_bytes": downs[0].queue_bytes, "one_way_s": ups[0].delay_s, "t0": link.t0})
+        emit("ready", pid=os.getpid(), ns_a=ns_a, ns_b=ns_b, if_a=if_a, if_b=if_b, addr_a=addr_a,
+             addr_b=addrs_b[0], addrs_b={p.name: a for p, a in zip(plays, addrs_b, strict=True)},
+             queue_bytes=downs[0].queue_bytes, one_way_s=ups[0].delay_s, t0=link.t0)
 
         control_fd: int | None = None
         control: Callable[[], bool] | None = None
@@ -772,18 +774,22 @@ def main(argv: list[str] | None = None) -> int:
                 while b"\n" in buf:
                     line, _, rest = bytes(buf).partition(b"\n")
                     buf[:] = rest
-                    words = line.decode(errors="replace").split()
-                    if not words:
-                        continue
-                    if words[0] == "start":
-                        t0 = link.start_clock(float(words[1]) if len(words) > 1 else None)
-                        emit({"event": "started", "t0": t0})
-                    elif words[0] == "stats":
-                        emit({"event": "stats", **link.stats()})
-                    elif words[0] == "quit":
-                        return False
-                    else:
-                        emit({"event": "error", "error": f"unknown command {words[0]!r}"})
+                    try:
+                        msg = read_message(line)
+                        if msg is None:
+                            continue
+                        cmd = msg.get("cmd")
+                        if cmd == "start":
+                            t0 = msg.get("t0")
+                            emit("started", t0=link.start_clock(None if t0 is None else float(t0)))
+                        elif cmd == "stats":
+                            emit("stats", **link.stats())
+                        elif cmd == "quit":
+                            return False
+                        else:
+                            emit("error", error=f"unknown command {cmd!r} (start, stats, quit)")
+                    except (ProtocolError, TypeError, ValueError) as exc:
+                        emit("error", error=str(exc))
                 return True
 
         try:
@@ -808,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stats_file is not None:
             args.stats_file.write_text(json.dumps(final, indent=1))
         with contextlib.suppress(OSError):
-            emit({"event": "exit", "stats": final})
+            emit("exit", stats=final)
     return 0
 
 
@@ -820,44 +826,20 @@ class LinkProcess:
         self.proc = proc
         self.pid = proc.pid
         self.t0: float | None = None
-        self.final_stats: dict[str, Any] | None = None
-        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._events = Events(proc, f"tunlink child {proc.pid}")
         self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, name=f"tunlink-{proc.pid}", daemon=True)
-        self._reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "exit":
-                self.final_stats = msg.get("stats")
-            self._lines.put(msg)
-        self._lines.put(None)
+    @property
+    def final_stats(self) -> dict[str, Any] | None:
+        """The stats of the child's exit event, once it has sent it."""
+        return None if self._events.exit is None else self._events.exit.get("stats")
 
     def _wait_for(self, event: str, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"tunlink child {self.pid}: no {event!r} within {timeout_s:g} s")
-            try:
-                msg = self._lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if msg is None:
-                self._lines.put(None)  # keep the end visible to later waits
-                raise RuntimeError(f"tunlink child {self.pid} exited (rc={self.proc.poll()}) before {event!r}")
-            if msg.get("event") == event:
-                return msg
+        return self._events.wait(event, timeout_s)
 
-    def _send(self, line: str) -> None:
+    def _send(self, cmd: str, **fields: Any) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        send(self.proc.stdin, cmd, **fields)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
         return self._wait_for("ready", timeout_s)
@@ -867,7 +849,7 @@ class LinkProcess:
         instant (the clock is system-wide); default: now. Returns t0."""
         t0 = time.monotonic() if t0 is None else t0
         with self._lock:
-            self._send(f"start {t0!r}")
+            self._send("start", t0=t0)
             self.t0 = float(self._wait_for("started", timeout_s)["t0"])
         return self.t0
 
@@ -897,7 +879,7 @@ class LinkProcess:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(5.0)
-        self._reader.join(2.0)
+        self._events.join(2.0)
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
                 with contextlib.suppress(OSError, ValueError):
