@@ -81,7 +81,7 @@ class Link:
     `tail_drops`, `random_drops`; the bottleneck's own in `bottleneck.counters()`.
     """
 
-    __slots__ = ("_arrive_cb", "_env", "_offer", "bottleneck", "delivered_bytes", "name")
+    __slots__ = ("_arrive_cb", "_env", "bottleneck", "delivered_bytes", "name")
 
     def __init__(
         self,
@@ -95,7 +95,6 @@ class Link:
     ) -> None:
         self._env = env
         self.bottleneck = Bottleneck(capacity, prop_delay_s, queue_bytes, loss, delay_windows)
-        self._offer = self.bottleneck.offer  # bound once: called per packet
         self._arrive_cb = self._arrive
         self.name = name
         self.delivered_bytes = 0
@@ -129,13 +128,52 @@ class Link:
         return self.bottleneck.backlog_bytes(self._env.now)
 
     def send(self, pkt: P, on_arrive: Callable[[P], None]) -> bool:
-        """Offer `pkt`; on success `on_arrive(pkt)` is called when it reaches the far end."""
+        """Offer `pkt`; on success `on_arrive(pkt)` is called when it reaches the far end.
+
+        A fast path (issue #13): this is ``Bottleneck.offer``'s arithmetic inlined on the bottleneck's
+        own fields, because the simulator offers every packet and the extra call layers cost ~1-2% of a
+        run. Keep the two in step: tests/test_path_model.py pins this copy against ``offer`` on random
+        offer sequences (arrivals, drops, backlog, counters).
+        """
         env = self._env
-        arr_s = self._offer(env.now, pkt.size_bytes)
-        if arr_s is None:
-            return not self.bottleneck.tail_dropped
-        if arr_s == math.inf:
+        now = env.now
+        b = self.bottleneck
+        size = pkt.size_bytes
+        b.offered_pkts += 1
+        b.offered_bytes += size
+        if b.loss is not None and b.loss.lost(now):
+            b.random_drops += 1
+            b._unpassed_bytes += size
+            b.tail_dropped = False
+            return True  # a random loss is silent
+        q = b._queue
+        while q and q[0][0] <= now:
+            b._backlog_bytes -= q.popleft()[1]
+        backlog = b._backlog_bytes + size
+        if backlog > b.queue_bytes:
+            b.tail_drops += 1
+            b._unpassed_bytes += size
+            b.tail_dropped = True
+            return False
+        last_dep_s = b._last_dep_s
+        start_s = last_dep_s if last_dep_s > now else now
+        s_per_byte = b._s_per_byte
+        dep_s = start_s + size * s_per_byte if s_per_byte else b._tx_finish_s(start_s, size)
+        b._last_dep_s = dep_s
+        q.append((dep_s, size))
+        b._backlog_bytes = backlog
+        if backlog > b.max_backlog_bytes:
+            b.max_backlog_bytes = backlog
+        if dep_s == math.inf:
+            b.stuck_pkts += 1
+            b._unpassed_bytes += size
             return True  # the capacity never serves it (a trace that ended): stuck in the queue for good
+        arr_s = dep_s + b.prop_delay_s
+        if b._delay_windows:
+            arr_s += sum(d for s, e, d in b._delay_windows if s <= dep_s < e)
+        if arr_s < b._last_arr_s:
+            arr_s = b._last_arr_s
+        b._last_arr_s = arr_s
         # call_at(env, arr_s, self._arrive_cb, (pkt, on_arrive)), inlined: this runs for every packet.
         ev = _new_event(Event)
         ev.env = env

@@ -14,7 +14,7 @@ import numpy as np
 
 from controllers import Controller, Observation
 from sim.client import Reader
-from sim.model.control import StreamControl, TransportSnapshot
+from sim.model.control import StreamControl
 from sim.model.reader import ABANDONED
 from sim.model.serving import Sequence
 from sim.model.workload import Request
@@ -101,27 +101,30 @@ class SimStream:
         """Still making tokens: the controller has something to decide."""
         return not self.ended and self.seq.generated < self.seq.output_tokens
 
-    def snapshot(self) -> TransportSnapshot:
-        """The TCP model's state now, with the RTT samples taken since the last snapshot."""
+    def control(self, t_s: float) -> Observation:
+        """One control interval (sim.model.control): observe, decide, show the node, apply.
+
+        The TCP model's state now, with the RTT samples taken since the last interval, goes to
+        ``StreamControl.step_values`` field by field rather than as a ``TransportSnapshot``: this runs
+        once per stream per interval and the object cost ~3% of a run (issue #13). It is the same step
+        as ``StreamControl.step`` (which goes through it); tests/test_control_step.py pins the two.
+        """
         c = self.conn
         snd_una = c.snd_una
-        return TransportSnapshot(  # in field order (once per stream per interval: no keywords)
+        return self.ctl.step_values(  # the values in TransportSnapshot field order
+            self, self.node.observe, t_s,
             None if c.srtt_s is None else c.srtt_s * 1000,
             c.drain_rtt_samples(),
             None,  # rtt_min_ms, rtt_p95_ms: computed from the samples
             None,
             c.retrans_segs,
             int(c.cwnd_pkts),
-            c.snd_max - snd_una,  # snd_nxt = snd_max (see TcpConnection.snd_nxt)
+            c.snd_max - snd_una,  # inflight: snd_nxt = snd_max (see TcpConnection.snd_nxt)
             c.written_bytes,
             snd_una,
             min(snd_una // self.bpt, self.req.output_tokens),
             self.seq.generated,
         )
-
-    def control(self, t_s: float) -> Observation:
-        """One control interval (sim.model.control): observe, decide, show the node, apply."""
-        return self.ctl.step(t_s, self.snapshot(), self, self.node.observe)
 
     def set_rate(self, t_s: float, rate_tps: float | None) -> None:
         """A new rate for the sequence's pacing credit; the node re-plans if it was idle."""

@@ -8,11 +8,15 @@ control tick are both shown to go through the one step.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controllers import Controller, Decision, Observation
+from controllers.registry import make
 from live.kernel.source import SocketStats
 from live.serve.pacing import ConnState, NullTelemetry, PacedStream, PacingLoop
 from scenarios import parse_scenario
@@ -91,6 +95,49 @@ def test_step_decides_shows_the_scheduler_and_applies_only_a_changed_rate():
     assert ctl.rate_tps is None
 
 
+_INTERVALS = st.lists(st.tuples(
+    st.sampled_from([0.01, 0.05, 0.2, 1.0]),  # time since the last snapshot
+    st.one_of(st.none(), st.floats(1.0, 500.0)),  # srtt_ms
+    st.lists(st.floats(0.001, 0.5), max_size=6),  # RTT samples (s)
+    st.one_of(st.none(), st.tuples(st.floats(1.0, 100.0), st.floats(0.0, 400.0))),  # or min and p95 - min (ms)
+    st.integers(0, 3),  # more retransmits
+    st.one_of(st.none(), st.integers(1, 100)),  # cwnd_pkts
+    st.integers(0, 50_000),  # inflight_bytes
+    st.integers(0, 20_000),  # more written
+    st.integers(0, 20_000),  # more acked (may pass written: queued clamps at 0)
+    st.integers(0, 50),  # more tokens made
+), min_size=1, max_size=25)
+
+
+def _snapshots(intervals):  # type: ignore[no-untyped-def]
+    t = written = acked = retrans = generated = 0
+    for dt, srtt, samples, agg, d_retrans, cwnd, inflight, d_written, d_acked, d_gen in intervals:
+        t += dt
+        written, acked, retrans = written + d_written, acked + d_acked, retrans + d_retrans
+        generated += d_gen
+        rtt_min, rtt_p95 = (None, None) if agg is None else (agg[0], agg[0] + agg[1])
+        yield t, TransportSnapshot(srtt, samples, rtt_min, rtt_p95, retrans, cwnd, inflight, written, acked,
+                                   acked // 200, generated)
+
+
+@given(controller=st.sampled_from(["buffer", "aimd", "ewma", "fixed"]), intervals=_INTERVALS)
+def test_the_simulators_step_values_is_step_on_a_snapshot(controller, intervals):
+    """The simulator steps with the snapshot's fields (``step_values``, no TransportSnapshot object,
+    issue #13); live with a TransportSnapshot (``step``). On any snapshot sequence both give the same
+    Observations, decisions, rates handed on and state, and ``observe`` the same Observations."""
+    by_snap, by_values, observing = (StreamControl("s", 12.0, make(controller)) for _ in range(3))
+    seen: dict[str, list[tuple[str, Observation, Decision]]] = {"snap": [], "values": []}
+    targets = {"snap": Target(), "values": Target()}
+    for t, snap in _snapshots(intervals):
+        o_snap = by_snap.step(t, snap, targets["snap"], lambda *a: seen["snap"].append(a))
+        o_values = by_values.step_values(targets["values"], lambda *a: seen["values"].append(a), t,
+                                         *(getattr(snap, f.name) for f in dataclasses.fields(snap)))
+        assert o_values == o_snap == observing.observe(t, snap)
+    assert seen["values"] == seen["snap"] and len(seen["snap"]) == len(intervals)
+    assert targets["values"].calls == targets["snap"].calls
+    assert (by_values.rate_tps, by_values.retrans_seen) == (by_snap.rate_tps, by_snap.retrans_seen)
+
+
 def kernel_stats(**kw: object) -> SocketStats:
     base: dict[str, object] = dict(cookie=1, srtt_us=2000, rtt_min_us=1500, rtt_max_us=2500, rtt_p95_us=2400,
                                    retrans=3, cwnd_pkts=10, ssthresh_pkts=None, snd_wnd_bytes=65535,
@@ -144,25 +191,26 @@ TINY = {
 
 
 def test_sim_and_live_drivers_run_the_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Every Observation either half hands on is built by StreamControl.observe, called from StreamControl.step."""
+    """Every Observation either half hands on is built by StreamControl.observe_values, called from
+    StreamControl.step_values (the simulator's way in; live goes through step, which calls it)."""
     built: list[tuple[str, Observation]] = []
-    step, observe = StreamControl.step, StreamControl.observe
+    step, observe = StreamControl.step_values, StreamControl.observe_values
     inside = {"step": None}
 
-    def spy_step(self, t_s, snap, target, observer=None):  # type: ignore[no-untyped-def]
+    def spy_step(self, target, observer, t_s, *values):  # type: ignore[no-untyped-def]
         inside["step"] = type(target).__name__
         try:
-            return step(self, t_s, snap, target, observer)
+            return step(self, target, observer, t_s, *values)
         finally:
             inside["step"] = None
 
-    def spy_observe(self, t_s, snap):  # type: ignore[no-untyped-def]
-        obs = observe(self, t_s, snap)
+    def spy_observe(self, t_s, *values):  # type: ignore[no-untyped-def]
+        obs = observe(self, t_s, *values)
         built.append((inside["step"], obs))
         return obs
 
-    monkeypatch.setattr(StreamControl, "step", spy_step)
-    monkeypatch.setattr(StreamControl, "observe", spy_observe)
+    monkeypatch.setattr(StreamControl, "step_values", spy_step)
+    monkeypatch.setattr(StreamControl, "observe_values", spy_observe)
 
     returned: list[Observation] = []
     sim_control = SimStream.control

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simpy
+from hypothesis import example, given
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from live.kernel.faults import shape_at as live_shape_at
 from scenarios.schema import Fault, PathSpec
 from scenarios.traces import load_mahimahi, mean_rate_bps, resolve_trace
+from sim.link import Link
 from sim.model.path import (
     MIN_QUEUE_BYTES,
     BernoulliLoss,
@@ -94,6 +98,63 @@ def test_continue_from_carries_the_queue_over_a_clock_shift():
     main.continue_from(pre, 1000.006, 1000.0)  # time 0 of `main` is 1000 on `pre`'s clock
     assert main.backlog_bytes(0.0) == 3000
     assert main.offer(0.0, 1500) == pytest.approx(0.036)  # behind the two carried over
+
+
+_SIZES = st.integers(1, 3000)
+_TIMES = st.sampled_from([0.0, 0.002, 0.01, 0.05, 0.2, 0.5])
+_OFFERS = st.lists(st.tuples(st.sampled_from([0.0, 0.0005, 0.004, 0.03]), _SIZES), max_size=60)  # (gap_s, bytes)
+_CAPACITIES = st.one_of(
+    st.floats(2e5, 5e7).map(ConstantCapacity),
+    st.lists(st.tuples(_TIMES, st.sampled_from([0.0, 3e5, 2e6, 1e7])), min_size=1, max_size=4)
+    .map(ScheduleCapacity),
+    st.tuples(st.sampled_from([3e5, 2e6]), _TIMES)  # a rate that drops to 0 for good leaves packets stuck
+    .map(lambda rate_at: ScheduleCapacity([(0.0, rate_at[0]), (rate_at[1], 0.0)])),
+)
+_WINDOWS = st.lists(st.tuples(_TIMES, _TIMES, st.sampled_from([0.0, 0.005, 0.05, 0.2])), max_size=3)
+
+
+@given(capacity=_CAPACITIES, prop_delay_s=st.sampled_from([0.0, 0.01, 0.0371]), queue_bytes=st.integers(1, 20000),
+       loss_p=st.sampled_from([None, 0.0, 0.3, 1.0]),
+       windows=_WINDOWS,
+       offers=_OFFERS)
+@example(ConstantCapacity(1e6), 0.0, 10**6, None, [(0.0, 0.013, 0.05)], [(0.0, 1500), (0.0, 1500)])  # clamped arrival
+@example(ConstantCapacity(8e6), 0.0, 500, None, [], [(0.0, 500), (0.0005, 500)])  # leaves exactly as the next comes
+def test_the_simulators_inlined_link_send_is_bottleneck_offer(capacity, prop_delay_s, queue_bytes, loss_p, windows,
+                                                             offers):
+    """``sim.link.Link.send`` inlines ``Bottleneck.offer`` (the per-packet fast path, issue #13): on any
+    offer sequence both give the same arrival times, the same drops of each kind, backlog and counters."""
+    windows = [(s, s + d, added) for s, d, added in windows]
+
+    def loss() -> BernoulliLoss | None:
+        return None if loss_p is None else BernoulliLoss(loss_p, np.random.default_rng(7))
+
+    env = simpy.Environment()
+    link = Link(env, capacity, prop_delay_s, queue_bytes, loss(), windows)
+    ref = Bottleneck(capacity, prop_delay_s, queue_bytes, loss(), windows)
+    arrived: dict[int, float] = {}
+    want: dict[int, float] = {}
+
+    class Pkt:
+        def __init__(self, i: int, size_bytes: int) -> None:
+            self.i, self.size_bytes = i, size_bytes
+
+    t = 0.0
+    for i, (gap_s, size) in enumerate(offers):
+        t += gap_s
+        if t > env.now:
+            env.run(until=t)
+        now = env.now
+        arr = ref.offer(now, size)
+        sent = link.send(Pkt(i, size), lambda p: arrived.__setitem__(p.i, env.now))
+        assert sent == (arr is not None or not ref.tail_dropped)  # False for a tail drop only
+        assert link.bottleneck.tail_dropped == ref.tail_dropped
+        if arr is not None and arr != math.inf:
+            want[i] = arr
+        assert link.backlog_bytes() == ref.backlog_bytes(now)
+    env.run()
+    assert arrived == want
+    assert link.bottleneck.counters() == ref.counters()
+    assert link.delivered_bytes == ref.passed_bytes
 
 
 # --------------------------------------------------------------------------- loss

@@ -99,7 +99,11 @@ class Bottleneck:
         return self._backlog_bytes
 
     def offer(self, now_s: float, size_bytes: int) -> float | None:
-        """The arrival time at the far end of a packet offered at ``now_s``; None if the link drops it."""
+        """The arrival time at the far end of a packet offered at ``now_s``; None if the link drops it.
+
+        ``sim.link.Link.send`` holds an inlined copy of this, on this object's fields (the simulator's
+        per-packet fast path, issue #13): change both together; tests/test_path_model.py pins them.
+        """
         self.offered_pkts += 1
         self.offered_bytes += size_bytes
         if self.loss is not None and self.loss.lost(now_s):
