@@ -56,7 +56,6 @@ from analysis.sweep import (
     SWEEP_MODE,
     aggregate,
     csv_columns,
-    sweep_metrics,
     sweep_table,
     value_text,
 )
@@ -104,11 +103,6 @@ def _row_cells(row: dict[str, Any], columns: list[str]) -> list[str]:
     return out
 
 
-def plan_metrics(plan: SweepPlan) -> tuple[str, ...]:
-    """The metrics of the sweep's rows: the prefix cache's counts too when a cell keeps a prefix cache."""
-    return sweep_metrics(any(c.loaded.scenario.server.prefix_cache is not None for c in plan.cells))
-
-
 def rows_of(plan: SweepPlan, cell: Cell, seed: int, summary: dict[str, Any]) -> list[dict[str, Any]]:
     """sweep.csv's rows of one run: one per entry, the metrics as summary.json holds them."""
     ctrls = summary.get("controllers") or {}
@@ -116,7 +110,7 @@ def rows_of(plan: SweepPlan, cell: Cell, seed: int, summary: dict[str, Any]) -> 
     for entry in plan.entries:
         metrics = ctrls.get(entry) or {}
         rows.append({"cell": cell.id, **{k: value_text(v) for k, v in cell.values.items()}, "controller": entry,
-                     "seed": seed, **{m: metrics.get(m) for m in plan_metrics(plan)}})
+                     "seed": seed, **{m: metrics.get(m) for m in plan.metrics}})
     return rows
 
 
@@ -261,7 +255,7 @@ def run_sweep(plan: SweepPlan, backend: str = "local", jobs: int = 1, address: s
     todo = [(c, s) for c, s in order if (c.id, s) not in kept]
     for cell, seed in todo:  # a folder an interrupted run left is started over
         shutil.rmtree(plan.run_dir(cell, seed), ignore_errors=True)
-    columns = csv_columns(list(plan.grid), plan_metrics(plan))
+    columns = csv_columns(list(plan.grid), plan.metrics)
     cell_of = {c.id: c for c in plan.cells}
     rows: list[dict[str, Any]] = []
     for (cid, seed), summary in kept.items():
@@ -324,7 +318,7 @@ def run_sweep(plan: SweepPlan, backend: str = "local", jobs: int = 1, address: s
                       "seeds": plan.seeds,
                       "controllers": plan.entries, "ci_level": 0.95,
                       "cells": aggregate(rows, [{"id": c.id, "values": c.values} for c in plan.cells], plan.entries,
-                                         plan_metrics(plan))}
+                                         plan.metrics)}
             write_json_durably(plan.out / SWEEP_JSON, result)
             write_run_json(plan.out, {**static, "status": status, "finished": names()}, started=started)
     for fmt in plan.exports:  # the sweep file's ``export``: seed 004's CSVs, once every run has finished

@@ -24,6 +24,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 import controllers
 from analysis.seed004 import export_problem
-from analysis.sweep import value_text
+from analysis.sweep import sweep_metrics, value_text
 from scenarios import LoadedScenario, ScenarioError, builtin_scenarios, load_scenario
 from scenarios.cli_errors import BadInput
 from scenarios.loader import (
@@ -99,6 +100,11 @@ class SweepPlan:
     entries: list[str]
     out: Path
     exports: tuple[str, ...] = ()
+
+    @cached_property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics of the sweep's rows: the prefix cache's counts too when a cell keeps a prefix cache."""
+        return sweep_metrics(any(c.loaded.scenario.server.prefix_cache is not None for c in self.cells))
 
     def run_dir(self, cell: Cell, seed: int) -> Path:
         return self.out / "cells" / cell.id / f"seed-{seed}"
